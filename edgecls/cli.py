@@ -1,0 +1,250 @@
+"""The `edgecls` command: one thin typer command per stage over importable functions.
+
+Exit status: 0 success; 1 a stage or gate failed; 2 bad usage, config or input.
+Errors are one line on stderr, `edgecls: error: ...`; `--debug` shows the
+traceback. Results go to stdout, diagnostics to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgecls.errors import EdgeclsError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Fine-tune, optimize, export and validate image classifiers for edge devices.",
+)
+out = Console()
+err = Console(stderr=True)
+_DEBUG = {"on": False}
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (e.g. a run's config.yaml).")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: section.key=value.")]
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Silence C++ start-up chatter (oneDNN, CUDA probing) while TensorFlow is imported."""
+    if _DEBUG["on"]:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow once, quietly (its log level defaults to errors only)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _native_stderr_silenced():
+        import tensorflow as tf
+
+        tf.get_logger().setLevel("ERROR")
+        tf.config.list_physical_devices()  # the CUDA probe logs here on CPU-only machines
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    err.print(f"edgecls: warning: {message}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _parse_sets(values: list[str] | None) -> dict[str, Any]:
+    overrides = {}
+    for item in values or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"`--set` takes section.key=value; got {item!r}.")
+        overrides[key] = value
+    return overrides
+
+
+@app.command()
+def finetune(
+    config: ConfigOpt = None,
+    data: Annotated[str | None, typer.Option(help="`cifar10`, an image folder, or a .tar.gz/.zip of one.")] = None,
+    model: Annotated[str | None, typer.Option(help="Backbone name (see `edgecls models`).")] = None,
+    alpha: Annotated[float | None, typer.Option(help="Width multiplier.")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Square input side in pixels.")] = None,
+    weights: Annotated[str | None, typer.Option(help="imagenet | none | PATH to a .h5 file.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="frozen | partial | full.")] = None,
+    unfreeze: Annotated[int | None, typer.Option(help="Top blocks to unfreeze with partial.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Total epochs, warm-up included.")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option(help="Head-only epochs first.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="adamw | sgd.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate after unfreezing.")] = None,
+    head_lr: Annotated[float | None, typer.Option(help="Learning rate of the head phase.")] = None,
+    schedule: Annotated[str | None, typer.Option(help="cosine | step | constant.")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Decoupled weight decay.")] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
+    dropout: Annotated[float | None, typer.Option(help="Dropout before the classifier.")] = None,
+    augment: Annotated[str | None, typer.Option(help="Comma list of crop,flip,color, or none.")] = None,
+    limit_per_class: Annotated[int | None, typer.Option(help="At most N training images per class.")] = None,
+    test_limit_per_class: Annotated[int | None, typer.Option(help="At most N test images per class.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Validation share of train.")] = None,
+    on_bad_image: Annotated[str | None, typer.Option(help="skip | error.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    name: Annotated[str | None, typer.Option(help="Run folder name (default <model>-<strategy>).")] = None,
+    runs_dir: Annotated[str | None, typer.Option(help="Parent folder of runs.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an unfinished run.")] = False,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Fine-tune an ImageNet-pretrained backbone into runs/<name>/."""
+    from edgecls.config import load_config
+
+    _DEBUG["on"] = debug
+    overrides = {
+        "data.source": data,
+        "model.name": model,
+        "model.alpha": alpha,
+        "model.input_size": input_size,
+        "model.weights": weights,
+        "model.dropout": dropout,
+        "train.strategy": strategy,
+        "train.unfreeze": unfreeze,
+        "train.epochs": epochs,
+        "train.warmup_epochs": warmup_epochs,
+        "train.optimizer": optimizer,
+        "train.lr": lr,
+        "train.head_lr": head_lr,
+        "train.schedule": schedule,
+        "train.weight_decay": weight_decay,
+        "train.label_smoothing": label_smoothing,
+        "data.batch_size": batch_size,
+        "data.augment": augment,
+        "data.limit_per_class": limit_per_class,
+        "data.test_limit_per_class": test_limit_per_class,
+        "data.val_fraction": val_fraction,
+        "data.on_bad_image": on_bad_image,
+        "run.seed": seed,
+        "run.name": name,
+        "run.runs_dir": runs_dir,
+        **_parse_sets(set_),
+    }
+    cfg = load_config(config, overrides)
+    if resume:
+        given = [k for k, v in overrides.items() if v is not None and k not in ("run.name", "run.runs_dir")]
+        if given or config is not None:
+            raise typer.BadParameter(
+                f"`--resume` continues the run's saved config; drop {given[0] if given else '--config'}."
+            )
+        saved = cfg.run_path / "config.yaml"
+        if saved.is_file():
+            cfg = load_config(saved)
+    import_tensorflow()
+    from edgecls.train import run_finetune
+
+    entry = run_finetune(cfg, force=force, resume=resume)
+    for line in entry["warnings"]:
+        warn(line)
+    _print_metrics(f"finetune: {cfg.run_path}", entry["metrics"])
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    data: Annotated[str | None, typer.Option(help="Another data source with the same classes.")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Re-compute the test metrics of a run's saved model (writes nothing)."""
+    _DEBUG["on"] = debug
+    import_tensorflow()
+    from edgecls.metrics import run_evaluate
+
+    metrics = run_evaluate(run, data)
+    _print_metrics(f"evaluate: {run}", {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
+    table = Table("class", "accuracy")
+    for class_name, accuracy in metrics["per_class_accuracy"].items():
+        table.add_row(class_name, f"{accuracy:.4f}")
+    out.print(table)
+
+
+@app.command()
+def models(
+    input_size: Annotated[int, typer.Option(help="Input side for the MAC count.")] = 128,
+    debug: DebugOpt = False,
+) -> None:
+    """List every backbone: parameters, MACs at an input size, ImageNet weights."""
+    _DEBUG["on"] = debug
+    import_tensorflow()
+    from edgecls.models import SPECS, create_model, list_models
+    from edgecls.models.stats import model_stats
+    from edgecls.models.weights import imagenet_file, keras_cache_dir
+
+    table = Table(
+        "model", "alpha", "alpha range", "blocks", "params", f"MACs @{input_size}px", "ImageNet alphas", "cached"
+    )
+    for name in list_models():
+        spec = SPECS[name]
+        classifier, _ = create_model(name, input_size=max(input_size, spec.min_input_size), weights="none")
+        stats = model_stats(classifier)
+        cached = (keras_cache_dir() / imagenet_file(name, spec.default_alpha, 224).fname).exists()
+        table.add_row(
+            name,
+            f"{spec.default_alpha:g}",
+            "-".join(f"{a:g}" for a in spec.alpha_range),
+            str(spec.num_blocks),
+            f"{stats['params'] / 1e6:.2f} M",
+            f"{stats['macs'] / 1e6:.1f} M",
+            ", ".join(f"{a:g}" for a in spec.imagenet_alphas),
+            "yes" if cached else "no",
+        )
+    out.print(table)
+    out.print(f"Weights cache: {keras_cache_dir()} (10-class head; `cached` is for the default alpha at 224 px)")
+
+
+def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    table = Table(title=title, show_header=False)
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and map errors to one stderr line and an exit status."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="edgecls", standalone_mode=False)
+    except EdgeclsError as exc:
+        if _DEBUG["on"]:
+            raise
+        err.print(f"edgecls: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Abort:
+        err.print("edgecls: interrupted", markup=False)
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:
+        err.print(f"edgecls: error: {exc.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("edgecls: interrupted; continue with `--resume`", markup=False)
+        return 130
+    return 0
+
+
+def entry() -> None:
+    """Console-script wrapper around `main`."""
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The one typed configuration object, `EdgeConfig`, with one section per stage.
+
+Every value and combination is checked in `__post_init__`, before TensorFlow is
+imported. A config loads from YAML plus dotted overrides (`train.epochs=3`), and
+the resolved copy saved in a run folder reloads to an equal object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from edgecls.errors import ConfigError
+from edgecls.models.specs import get_spec
+
+AUGMENTATIONS = ("crop", "flip", "color")
+
+
+def _fail(key: str, allowed: str, got: Any, fix: str = "") -> None:
+    raise ConfigError(f"`{key}` must be {allowed}; got {got!r}." + (f" {fix}" if fix else ""))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run lives and how it is seeded.
+
+    Attributes:
+        name: Run folder name under `runs_dir`. Defaults to `<model>-<strategy>`.
+        runs_dir: Parent folder of run folders. Defaults to `runs`.
+        seed: Seed for Python, NumPy and TensorFlow. Defaults to 42.
+    """
+
+    name: str | None = None
+    runs_dir: str = "runs"
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.name is not None and (not self.name or "/" in self.name or self.name in {".", ".."}):
+            _fail("run.name", "a non-empty folder name without '/'", self.name)
+        if self.seed < 0:
+            _fail("run.seed", "a non-negative integer", self.seed)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The image source and the input pipeline.
+
+    Attributes:
+        source: `cifar10` (Keras' loader: downloads when online), or a path to an
+            image folder or a .tar.gz/.zip archive of one. Defaults to `cifar10`.
+        val_fraction: Fraction of train carved out (stratified, seeded) for
+            validation. Defaults to 0.1.
+        test_fraction: Fraction held out as test when the source has no `test/`
+            split. Defaults to 0.2.
+        limit_per_class: Keep at most this many training images per class. Defaults to all.
+        test_limit_per_class: Keep at most this many test images per class. Defaults
+            to all: metrics are on the full test split unless you ask otherwise.
+        augment: Training augmentations among `crop`, `flip`, `color`; empty for
+            none. Defaults to `("crop", "flip")`.
+        batch_size: Images per batch. Defaults to 64.
+        on_bad_image: `skip` (warn, count and record unreadable files) or `error`
+            (stop at the first, naming it). Defaults to `skip`.
+    """
+
+    source: str = "cifar10"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    limit_per_class: int | None = None
+    test_limit_per_class: int | None = None
+    augment: tuple[str, ...] = ("crop", "flip")
+    batch_size: int = 64
+    on_bad_image: Literal["skip", "error"] = "skip"
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            _fail("data.source", "`cifar10` or a path", self.source)
+        if not 0.0 <= self.val_fraction < 0.5:
+            _fail("data.val_fraction", "in [0, 0.5)", self.val_fraction)
+        if not 0.0 < self.test_fraction < 0.5:
+            _fail("data.test_fraction", "in (0, 0.5)", self.test_fraction)
+        for key in ("limit_per_class", "test_limit_per_class"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                _fail(f"data.{key}", "a positive integer", value)
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        if unknown:
+            _fail("data.augment", f"a subset of {', '.join(AUGMENTATIONS)}", unknown[0])
+        if not 1 <= self.batch_size <= 4096:
+            _fail("data.batch_size", "in [1, 4096]", self.batch_size)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The backbone and the classification head.
+
+    Attributes:
+        name: Registry name (`edgecls models` lists them). Defaults to `mobilenet`.
+        alpha: Width multiplier. Defaults to the family's default (0.25 for `mobilenet`).
+        input_size: Square input size in pixels, 32-224. Defaults to 128.
+        weights: `imagenet`, `none`, or a path to a Keras .h5 no-top weights file.
+            Defaults to `imagenet`.
+        dropout: Dropout rate before the classifier. Defaults to 0.2.
+    """
+
+    name: str = "mobilenet"
+    alpha: float | None = None
+    input_size: int = 128
+    weights: str = "imagenet"
+    dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        spec = get_spec(self.name)
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", spec.default_alpha)
+        low, high = spec.alpha_range
+        if not low <= self.alpha <= high:
+            allowed = f"{low}" if low == high else f"in [{low}, {high}]"
+            _fail("model.alpha", f"{allowed} for {self.name}", self.alpha)
+        if self.weights == "imagenet" and self.alpha not in spec.imagenet_alphas:
+            _fail(
+                "model.alpha",
+                f"one of {list(spec.imagenet_alphas)} with ImageNet weights for {self.name}",
+                self.alpha,
+                "Use `--weights none` to train another width from scratch.",
+            )
+        if not spec.min_input_size <= self.input_size <= spec.max_input_size:
+            _fail(
+                "model.input_size",
+                f"in [{spec.min_input_size}, {spec.max_input_size}] for {self.name}",
+                self.input_size,
+            )
+        if self.weights not in {"imagenet", "none"} and not Path(self.weights).is_file():
+            _fail("model.weights", "`imagenet`, `none` or an existing .h5 file", self.weights)
+        if not 0.0 <= self.dropout < 1.0:
+            _fail("model.dropout", "in [0, 1)", self.dropout)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How `edgecls finetune` trains.
+
+    Attributes:
+        strategy: `frozen` (head only), `partial` (top `unfreeze` blocks too) or
+            `full` (every layer). Defaults to `full`.
+        unfreeze: Blocks to unfreeze from the top with `partial`. Defaults to 3.
+        epochs: Total epochs, warm-up included. Defaults to 10.
+        warmup_epochs: Head-only epochs before the backbone is unfrozen
+            (`partial`/`full`). Defaults to 2, or `epochs - 1` when fewer.
+        optimizer: `adamw` (Adam with decoupled weight decay; set `weight_decay`
+            to 0 for plain Adam) or `sgd` (Nesterov momentum 0.9). Defaults to `adamw`.
+        head_lr: Learning rate of the head-only phase. Defaults to 1e-2 (only the
+            new Dense layer trains, and short runs need the larger step).
+        lr: Peak learning rate once the backbone is unfrozen. Defaults to 1e-4.
+        schedule: `cosine`, `step` (x0.1 at 50 % and 75 %) or `constant`, over
+            each phase. Defaults to `cosine`.
+        weight_decay: Decoupled weight decay (biases excluded). Defaults to 1e-2.
+        label_smoothing: Defaults to 0.1.
+        batchnorm: `frozen` keeps BatchNorm in inference mode with its ImageNet
+            statistics in every strategy (Keras' transfer-learning advice);
+            `train` updates it with the layers it belongs to. Defaults to
+            `frozen` for pretrained weights and `train` for `--weights none`
+            (random statistics are nothing to keep).
+        patience: Early-stopping patience in epochs on validation accuracy; 0
+            disables. Defaults to 3.
+    """
+
+    strategy: Literal["frozen", "partial", "full"] = "full"
+    unfreeze: int = 3
+    epochs: int = 10
+    warmup_epochs: int | None = None
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    head_lr: float = 1e-2
+    lr: float = 1e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    weight_decay: float = 1e-2
+    label_smoothing: float = 0.1
+    batchnorm: Literal["frozen", "train"] | None = None
+    patience: int = 3
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            _fail("train.epochs", "a positive integer", self.epochs)
+        if self.warmup_epochs is None:
+            object.__setattr__(self, "warmup_epochs", min(2, self.epochs - 1))
+        if self.strategy != "frozen" and not 0 <= self.warmup_epochs < self.epochs:
+            _fail(
+                "train.warmup_epochs",
+                f"in [0, train.epochs) = [0, {self.epochs})",
+                self.warmup_epochs,
+            )
+        if self.unfreeze < 1:
+            _fail("train.unfreeze", "a positive integer", self.unfreeze)
+        for key in ("head_lr", "lr"):
+            value = getattr(self, key)
+            if not 0.0 < value <= 1.0:
+                _fail(f"train.{key}", "in (0, 1]", value)
+        if not 0.0 <= self.weight_decay < 1.0:
+            _fail("train.weight_decay", "in [0, 1)", self.weight_decay)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            _fail("train.label_smoothing", "in [0, 1)", self.label_smoothing)
+        if self.patience < 0:
+            _fail("train.patience", "a non-negative integer", self.patience)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """The whole configuration: one section per stage."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.batchnorm is None:
+            batchnorm = "train" if self.model.weights == "none" else "frozen"
+            object.__setattr__(self, "train", dataclasses.replace(self.train, batchnorm=batchnorm))
+        blocks = get_spec(self.model.name).num_blocks
+        if self.train.strategy == "partial" and self.train.unfreeze > blocks:
+            _fail(
+                "train.unfreeze",
+                f"in [1, {blocks}] for {self.model.name} ({blocks} blocks)",
+                self.train.unfreeze,
+                "Use `--strategy full` to unfreeze everything.",
+            )
+
+    @property
+    def run_name(self) -> str:
+        """The run folder name: `run.name`, or `<model>-<strategy>`."""
+        return self.run.name or f"{self.model.name}-{self.train.strategy}"
+
+    @property
+    def run_path(self) -> Path:
+        """The run folder: `<runs_dir>/<run_name>`."""
+        return Path(self.run.runs_dir) / self.run_name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), suitable for YAML or JSON."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, reloadable with `load_config`."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(key: str, hint: Any, value: Any) -> Any:
+    """Convert a YAML or CLI value to the field's declared type, or fail clearly."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in {"none", "null"} and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, inner, value)
+    if origin is Literal:
+        if value not in args:
+            _fail(key, "one of " + ", ".join(map(str, args)), value)
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v and v != "none"]
+        if not isinstance(value, (list, tuple)):
+            _fail(key, "a list", value)
+        return tuple(_coerce(key, args[0], v) for v in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        _fail(key, "true or false", value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            _fail(key, "an integer", value)
+        try:
+            return int(value)
+        except ValueError:
+            _fail(key, "an integer", value)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            _fail(key, "a number", value)
+        try:
+            return float(value)
+        except ValueError:
+            _fail(key, "a number", value)
+    if hint is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            _fail(key, "a string", value)
+        return str(value)
+    return value
+
+
+def _build_section(cls: type, values: Any, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        _fail(prefix, "a mapping", values)
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key `{prefix}.{key}`; valid keys in `{prefix}` are: {', '.join(sorted(known))}."
+            )
+    kwargs = {k: _coerce(f"{prefix}.{k}", hints[k], v) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> EdgeConfig:
+    """Build and check an `EdgeConfig` from a nested dict.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, or an invalid combination.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of sections; got {type(values).__name__}.")
+    sections = {f.name: f.type for f in dataclasses.fields(EdgeConfig)}
+    hints = typing.get_type_hints(EdgeConfig)
+    for key in values:
+        if key not in sections:
+            raise ConfigError(f"unknown config section `{key}`; valid sections are: {', '.join(sections)}.")
+    built = {k: _build_section(hints[k], v or {}, k) for k, v in values.items()}
+    return EdgeConfig(**built)
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of `values` with dotted `section.key` overrides applied (None skipped)."""
+    merged = {k: dict(v or {}) for k, v in values.items()}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"an override must look like `section.key=value`; got {dotted!r}.")
+        merged.setdefault(section, {})[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
+    """Load a YAML config (or the defaults) and apply dotted overrides.
+
+    Args:
+        path: A YAML file written by edgecls or by hand; None for the defaults.
+        overrides: `{"train.epochs": 3, ...}`; None values are ignored.
+
+    Raises:
+        ConfigError: the file is missing or not valid YAML, or a key/value is invalid.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"`--config` must be an existing YAML file; got {str(path)!r}.")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return config_from_dict(apply_overrides(values, overrides or {}))

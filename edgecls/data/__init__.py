@@ -1,0 +1,142 @@
+"""The data stage: list a source, split it, decode the selection, build tf.data pipelines.
+
+`load_dataset(cfg.data, input_size, seed)` is the entry point; its result holds
+decoded train/val/test splits and a description of exactly what was used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgecls.config import DataConfig
+from edgecls.data.decode import DecodedSplit, decode_split
+from edgecls.data.sources import RawSplit, Source, list_source
+from edgecls.errors import DataError
+
+__all__ = ["Dataset", "DecodedSplit", "load_dataset", "list_source", "stratified_split"]
+
+MEMORY_SHARE = 0.6  # at most this share of the machine's RAM for decoded images
+
+
+@dataclass
+class Dataset:
+    """Decoded splits plus what they came from.
+
+    Attributes:
+        class_names: Index = label.
+        train, val, test: Decoded splits (val may be empty).
+        info: Source, fingerprint, split sizes and skipped files, for metrics/manifests.
+        warnings: One line each, for the user and the manifest.
+    """
+
+    class_names: list[str]
+    train: DecodedSplit
+    val: DecodedSplit
+    test: DecodedSplit
+    info: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices per class: `fraction` of each class (at least one) goes to the second part.
+
+    Returns:
+        (kept, held_out) index arrays, each sorted.
+    """
+    rng = np.random.default_rng(seed)
+    kept, held = [], []
+    for label in np.unique(labels):
+        index = rng.permutation(np.flatnonzero(labels == label))
+        count = int(round(fraction * len(index)))
+        count = min(max(count, 1 if fraction > 0 else 0), len(index) - 1)
+        held.append(index[:count])
+        kept.append(index[count:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def limit_per_class(labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of at most `limit` images per class, a seeded random choice, sorted."""
+    if limit is None:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:limit] for c in np.unique(labels)]
+    return np.sort(np.concatenate(chosen))
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def _check_memory(count: int, size: int) -> None:
+    needed = count * size * size * 3
+    budget = int(_available_memory() * MEMORY_SHARE)
+    if needed > budget:
+        raise DataError(
+            f"{count} images at {size}x{size} need {needed / 2**30:.1f} GiB in memory, more than "
+            f"{budget / 2**30:.1f} GiB available: lower `--input-size` or pass `--limit-per-class`."
+        )
+
+
+def _select(source: Source, cfg: DataConfig, seed: int) -> tuple[RawSplit, RawSplit, RawSplit]:
+    train = source.train
+    if source.test is None:
+        kept, held = stratified_split(train.labels, cfg.test_fraction, seed)
+        train, test = train.subset(kept), train.subset(held)
+    else:
+        test = source.test
+    if cfg.val_fraction > 0:
+        kept, held = stratified_split(train.labels, cfg.val_fraction, seed + 1)
+        train, val = train.subset(kept), train.subset(held)
+    else:
+        val = train.subset(np.zeros([0], np.int64))
+    train = train.subset(limit_per_class(train.labels, cfg.limit_per_class, seed + 2))
+    test = test.subset(limit_per_class(test.labels, cfg.test_limit_per_class, seed + 3))
+    return train, val, test
+
+
+def load_dataset(cfg: DataConfig, input_size: int, seed: int) -> Dataset:
+    """List, split and decode a data source for a model of `input_size` pixels.
+
+    Args:
+        cfg: The data section of the config.
+        input_size: Side of the square images the model takes.
+        seed: Seeds the test/val carving and the per-class limits.
+
+    Raises:
+        DataError: the source is missing, empty, malformed, too large for memory,
+            or (with `on_bad_image="error"`) holds an unreadable file.
+    """
+    source = list_source(cfg.source)
+    train_raw, val_raw, test_raw = _select(source, cfg, seed)
+    _check_memory(len(train_raw) + len(val_raw) + len(test_raw), input_size)
+    splits = {
+        name: decode_split(raw, input_size, on_bad_image=cfg.on_bad_image)
+        for name, raw in (("train", train_raw), ("val", val_raw), ("test", test_raw))
+    }
+    skipped = [image_id for split in splits.values() for image_id in split.skipped]
+    warnings = []
+    if skipped:
+        warnings.append(f"skipped {len(skipped)} unreadable file(s), first: {skipped[0]}")
+    for name, split in splits.items():
+        if name != "val" and len(split) == 0:
+            raise DataError(f"no readable images left in the {name} split of {cfg.source}.")
+    info = {
+        "source": source.description,
+        "fingerprint": source.fingerprint,
+        "test_split": "given" if source.test is not None else f"carved ({cfg.test_fraction:g})",
+        "sizes": {name: len(split) for name, split in splits.items()},
+        "skipped_files": skipped,
+        "input_size": input_size,
+    }
+    return Dataset(source.class_names, splits["train"], splits["val"], splits["test"], info, warnings)

@@ -1,0 +1,178 @@
+"""tf.data input pipelines: shuffle, gather, augment, preprocess, batch, prefetch.
+
+Images are already decoded and resized in memory, so an epoch only shuffles
+indices and gathers whole batches; augmentation is vectorised over the batch.
+Backbone preprocessing is done here, not as layers in the model: pruning and
+quantization-aware training cannot wrap Rescaling layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def preprocess(images, mode: str):
+    """Map uint8 RGB pixels to a backbone's input range (float32).
+
+    Args:
+        images: uint8 or float tensor [..., 3] in [0, 255], RGB.
+        mode: `tf` (scale to [-1, 1]: MobileNets) or `caffe` (RGB to BGR and
+            subtract the ImageNet mean: ResNet50), as `keras.applications`.
+    """
+    import tensorflow as tf
+
+    images = tf.cast(images, tf.float32)
+    if mode == "tf":
+        return images / 127.5 - 1.0
+    if mode == "caffe":
+        return images[..., ::-1] - tf.constant(IMAGENET_MEAN_BGR, tf.float32)
+    raise ValueError(f"`mode` must be `tf` or `caffe`; got {mode!r}.")
+
+
+def preprocess_numpy(images: np.ndarray, mode: str) -> np.ndarray:
+    """NumPy twin of `preprocess`, for runtimes that run without TensorFlow."""
+    images = images.astype(np.float32)
+    if mode == "tf":
+        return images / 127.5 - 1.0
+    if mode == "caffe":
+        return images[..., ::-1] - np.asarray(IMAGENET_MEAN_BGR, np.float32)
+    raise ValueError(f"`mode` must be `tf` or `caffe`; got {mode!r}.")
+
+
+def _random_crop_and_flip(images, pad: int, crop: bool, flip: bool, seed):
+    """Random translation by up to `pad` pixels (edges replicated, as a padded crop
+    would with reflect-free padding) and random horizontal flip, in two gathers."""
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    size = tf.shape(images)[1]
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    span = tf.range(size)[None, :]
+    if crop:
+        offsets = tf.random.stateless_uniform([batch, 2], seeds[0], -pad, pad + 1, dtype=tf.int32)
+        rows = tf.clip_by_value(offsets[:, :1] + span, 0, size - 1)
+        cols = tf.clip_by_value(offsets[:, 1:] + span, 0, size - 1)
+    else:
+        rows = tf.tile(span, [batch, 1])
+        cols = rows
+    if flip:
+        mirrored = tf.random.stateless_uniform([batch, 1], seeds[1]) < 0.5
+        cols = tf.where(mirrored, tf.reverse(cols, axis=[1]), cols)
+    if crop:
+        images = tf.gather(images, rows, axis=1, batch_dims=1)
+    return tf.gather(images, cols, axis=2, batch_dims=1)
+
+
+def _random_color(images, seed):
+    """Per-image brightness (±20 %) and contrast (0.8-1.2) jitter, in pixel units."""
+    import tensorflow as tf
+
+    images = tf.cast(images, tf.float32)
+    batch = tf.shape(images)[0]
+    factors = tf.random.stateless_uniform([batch, 2, 1, 1, 1], seed, 0.8, 1.2)
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * factors[:, 0] + mean * factors[:, 1]
+    return tf.clip_by_value(images, 0.0, 255.0)
+
+
+def augment_batch(images, augment: Sequence[str], seed):
+    """Apply the named augmentations to a batch of uint8 images, stateless in `seed`."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    if "crop" in augment or "flip" in augment:
+        pad = max(1, images.shape[1] // 8)
+        images = _random_crop_and_flip(images, pad, "crop" in augment, "flip" in augment, seeds[0])
+    if "color" in augment:
+        images = _random_color(images, seeds[1])
+    return images
+
+
+def _gather_batches(images: np.ndarray):
+    """A tf function `index -> images[index]` that reads the NumPy array in place.
+
+    `tf.convert_to_tensor(images)` would copy the whole decoded data set (GBs at
+    128 px and above); gathering from NumPy copies one batch at a time.
+    """
+    import tensorflow as tf
+
+    shape = images.shape[1:]
+
+    def gather(index):
+        batch = tf.numpy_function(lambda i: images[i], [index], tf.uint8, stateful=False)
+        batch.set_shape([None, *shape])
+        return batch
+
+    return gather
+
+
+def train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    batch_size: int,
+    mode: str,
+    augment: Sequence[str],
+    seed: int,
+):
+    """Training pipeline: reshuffled every epoch, augmented, one-hot labels.
+
+    Args:
+        images: uint8 [N, H, W, 3], resized already.
+        labels: int [N].
+        num_classes: Width of the one-hot labels.
+        batch_size: Images per batch; the last partial batch is kept.
+        mode: Backbone preprocessing (see `preprocess`).
+        augment: Names from `edgecls.config.AUGMENTATIONS`.
+        seed: Seeds the shuffle and the augmentation stream.
+    """
+    import tensorflow as tf
+
+    gather = _gather_batches(images)
+    labels_t = tf.convert_to_tensor(labels.astype(np.int32))
+    augment = tuple(augment)
+
+    def load(batch_seed, index):
+        batch = gather(index)
+        if augment:
+            batch = augment_batch(batch, augment, batch_seed)
+        return preprocess(batch, mode), tf.one_hot(tf.gather(labels_t, index), num_classes)
+
+    indices = (
+        tf.data.Dataset.range(len(images))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+    )
+    # One stateless seed pair per batch, new every epoch and reproducible from `seed`.
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return (
+        tf.data.Dataset.zip((batch_seeds, indices))
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def eval_dataset(images: np.ndarray, labels: np.ndarray | None, *, num_classes: int, batch_size: int, mode: str):
+    """Evaluation pipeline: in order, no augmentation; one-hot labels when given."""
+    import tensorflow as tf
+
+    gather = _gather_batches(images)
+    labels_t = None if labels is None else tf.convert_to_tensor(labels.astype(np.int32))
+
+    def load(index):
+        batch = preprocess(gather(index), mode)
+        if labels_t is None:
+            return batch
+        return batch, tf.one_hot(tf.gather(labels_t, index), num_classes)
+
+    return (
+        tf.data.Dataset.range(len(images))
+        .batch(batch_size)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -1,0 +1,387 @@
+"""The finetune stage: transfer strategies, phases, schedules and Keras callbacks.
+
+Training runs in phases. `frozen` is one head-only phase. `partial` and `full`
+start with a head warm-up (backbone frozen, `head_lr`), then unfreeze the top
+`unfreeze` blocks (or everything) at the lower `lr`, with a short linear ramp
+and a cosine or step decay. Each phase has its own `BackupAndRestore` folder,
+so a run killed at any moment resumes from its last completed epoch with the
+same schedule (the optimizer step, hence the learning rate, is restored too).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tf_keras
+
+from edgecls.config import EdgeConfig, TrainConfig
+from edgecls.errors import ConfigError
+from edgecls.models.registry import HEAD_LAYERS, backbone_blocks, stem_layers
+from edgecls.run import RunDir, atomic_write_json, atomic_write_text
+
+CHECKPOINTS = "checkpoints"
+BEST_WEIGHTS = f"{CHECKPOINTS}/best.weights.h5"
+MODEL_FILE = "model.keras"
+HISTORY_CSV = "history.csv"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A contiguous range of epochs trained with one set of trainable layers.
+
+    Attributes:
+        name: `head` (backbone frozen) or `finetune`.
+        start, end: Global epoch range [start, end).
+        lr: Peak learning rate.
+        strategy: Which layers train: `frozen`, `partial` or `full`.
+    """
+
+    name: str
+    start: int
+    end: int
+    lr: float
+    strategy: str
+
+
+def plan_phases(cfg: TrainConfig) -> list[Phase]:
+    """The phases `cfg` trains, in order."""
+    if cfg.strategy == "frozen":
+        return [Phase("head", 0, cfg.epochs, cfg.head_lr, "frozen")]
+    phases = []
+    if cfg.warmup_epochs:
+        phases.append(Phase("head", 0, cfg.warmup_epochs, cfg.head_lr, "frozen"))
+    phases.append(Phase("finetune", cfg.warmup_epochs, cfg.epochs, cfg.lr, cfg.strategy))
+    return phases
+
+
+def set_trainable(model, backbone: str, strategy: str, *, unfreeze: int, batchnorm: str) -> dict[str, int]:
+    """Mark which layers train under `strategy`; the head always trains.
+
+    BatchNorm layers that do not train run in inference mode (tf-keras does this
+    for `trainable=False`), so their statistics stay the ImageNet ones.
+
+    Args:
+        model: A classifier from `create_model` (modified in place).
+        backbone: Its registry name (for the block layout).
+        strategy: `frozen`, `partial` or `full`.
+        unfreeze: Top blocks to unfreeze with `partial`.
+        batchnorm: `frozen` or `train`.
+
+    Returns:
+        `trainable_layers` and `trainable_params` after the change.
+
+    Raises:
+        ConfigError: `unfreeze` exceeds the backbone's block count.
+    """
+    blocks = backbone_blocks(model, backbone)
+    if strategy == "partial" and not 1 <= unfreeze <= len(blocks):
+        raise ConfigError(f"`train.unfreeze` must be in [1, {len(blocks)}] for {backbone}; got {unfreeze}.")
+    unfrozen: list[Any] = []
+    if strategy == "partial":
+        unfrozen = [layer for block in blocks[-unfreeze:] for layer in block]
+    elif strategy == "full":
+        unfrozen = stem_layers(model, backbone) + [layer for block in blocks for layer in block]
+    chosen = {id(layer) for layer in unfrozen}
+    for layer in model.layers:
+        if layer.name in HEAD_LAYERS:
+            layer.trainable = True
+        elif isinstance(layer, tf_keras.layers.BatchNormalization) and batchnorm == "frozen":
+            layer.trainable = False
+        else:
+            layer.trainable = id(layer) in chosen
+    return {
+        "trainable_layers": sum(1 for layer in model.layers if layer.trainable and layer.weights),
+        "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+    }
+
+
+def make_schedule(cfg: TrainConfig, phase: Phase, steps_per_epoch: int):
+    """The learning-rate schedule of one phase, indexed by the optimizer's step."""
+    schedules = tf_keras.optimizers.schedules
+    steps = steps_per_epoch * (phase.end - phase.start)
+    if cfg.schedule == "constant":
+        return phase.lr
+    if cfg.schedule == "step":
+        return schedules.PiecewiseConstantDecay(
+            [int(steps * 0.5), int(steps * 0.75)], [phase.lr, phase.lr * 0.1, phase.lr * 0.01]
+        )
+    ramp = steps // 20 if phase.name == "finetune" else 0  # 5 % linear ramp after unfreezing
+    if ramp:
+        return schedules.CosineDecay(0.0, steps - ramp, warmup_target=phase.lr, warmup_steps=ramp)
+    return schedules.CosineDecay(phase.lr, steps)
+
+
+def make_optimizer(cfg: TrainConfig, schedule):
+    """AdamW or Nesterov SGD with decoupled weight decay (biases and BatchNorm excluded)."""
+    if cfg.optimizer == "sgd":
+        optimizer = tf_keras.optimizers.SGD(
+            schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None
+        )
+    else:
+        optimizer = tf_keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def compile_model(model, cfg: TrainConfig, schedule) -> None:
+    """Compile with the phase's optimizer and label-smoothed cross-entropy."""
+    model.compile(
+        optimizer=make_optimizer(cfg, schedule),
+        loss=tf_keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
+        metrics=["accuracy"],
+    )
+
+
+def read_history(path) -> list[dict[str, float]]:
+    """Epoch rows of a CSVLogger file, one per epoch (a re-run epoch keeps its last row)."""
+    if not path.exists():
+        return []
+    rows: dict[int, dict[str, float]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows[int(row["epoch"])] = {k: float(v) for k, v in row.items() if v not in ("", "NA")}
+    return [rows[k] for k in sorted(rows)]
+
+
+class EpochTimer(tf_keras.callbacks.Callback):
+    """Adds `epoch_seconds` (wall time of the epoch) to the logs, hence to the history."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, has_val: bool, last: bool, extra):
+    """The Keras callbacks of one phase, in the order they must run at epoch end."""
+    cb = tf_keras.callbacks
+    history = read_history(run.file(HISTORY_CSV))
+    best = max((row.get("val_accuracy", float("-inf")) for row in history), default=None)
+    callbacks = [EpochTimer(), cb.CSVLogger(str(run.file(HISTORY_CSV)), append=True)]
+    if has_val:
+        callbacks.append(
+            cb.ModelCheckpoint(
+                str(run.file(BEST_WEIGHTS)),
+                monitor="val_accuracy",
+                mode="max",
+                save_best_only=True,
+                save_weights_only=True,
+                initial_value_threshold=best,
+            )
+        )
+        if last and cfg.train.patience:
+            callbacks.append(cb.EarlyStopping(monitor="val_accuracy", mode="max", patience=cfg.train.patience))
+    callbacks += [
+        cb.TensorBoard(str(run.file("logs")), write_graph=False, profile_batch=0),
+        *(extra or []),
+        # last, so an epoch is only marked done once everything above has recorded it
+        cb.BackupAndRestore(str(run.file(f"{CHECKPOINTS}/{phase.name}")), delete_checkpoint=True),
+    ]
+    return callbacks
+
+
+def fit_phases(model, cfg: EdgeConfig, run: RunDir, train_ds, val_ds, steps_per_epoch: int, extra=None):
+    """Train every phase not yet done in `run`, resuming a half-done one.
+
+    A finished phase leaves `checkpoints/<phase>.weights.h5`; a later call
+    loads it instead of training the phase again.
+    """
+    phases = plan_phases(cfg.train)
+    verbose = 1 if sys.stdout.isatty() else 2
+    for index, phase in enumerate(phases):
+        done = run.file(f"{CHECKPOINTS}/{phase.name}.weights.h5")
+        if done.exists():
+            model.load_weights(str(done))
+            continue
+        set_trainable(
+            model,
+            cfg.model.name,
+            phase.strategy,
+            unfreeze=cfg.train.unfreeze,
+            batchnorm=cfg.train.batchnorm,
+        )
+        compile_model(model, cfg.train, make_schedule(cfg.train, phase, steps_per_epoch))
+        last = index == len(phases) - 1
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            initial_epoch=phase.start,
+            epochs=phase.end,
+            callbacks=phase_callbacks(run, phase, cfg, val_ds is not None, last, extra),
+            verbose=verbose,
+        )
+        model.save_weights(str(done))
+
+
+def history_summary(rows: list[dict[str, float]], images_per_epoch: int) -> dict[str, Any]:
+    """Epoch count, best validation accuracy and training throughput from the history."""
+    seconds = [row["epoch_seconds"] for row in rows if "epoch_seconds" in row]
+    steady = sorted(seconds[1:] or seconds)
+    median = steady[len(steady) // 2] if steady else None
+    return {
+        "epochs_run": len(rows),
+        "best_val_accuracy": max((row.get("val_accuracy", 0.0) for row in rows), default=None),
+        "train_seconds": round(sum(seconds), 2),
+        "train_images_per_second": round(images_per_epoch / median, 1) if median else None,
+    }
+
+
+def save_model_atomic(model, path) -> None:
+    """Save a Keras model so that `path` is either absent or complete."""
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    model.save(str(tmp))
+    tmp.replace(path)
+
+
+def write_history_json(run: RunDir) -> list[dict[str, float]]:
+    """history.json (one object per epoch) from history.csv; returns the rows."""
+    rows = read_history(run.file(HISTORY_CSV))
+    atomic_write_text(run.file("history.json"), json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def finish_training(model, run: RunDir, has_val: bool) -> None:
+    """Load the best validation weights (if any) and drop the checkpoints."""
+    if has_val and run.file(BEST_WEIGHTS).exists():
+        model.load_weights(str(run.file(BEST_WEIGHTS)))
+
+
+def clean_checkpoints(run: RunDir) -> None:
+    """Remove resume state once the run is complete: model.keras holds the result."""
+    shutil.rmtree(run.file(CHECKPOINTS), ignore_errors=True)
+
+
+def save_metrics(run: RunDir, metrics: dict[str, Any]) -> None:
+    """metrics.json, atomically."""
+    atomic_write_json(run.file("metrics.json"), metrics)
+
+
+def _stage_inputs(cfg: EdgeConfig, dataset, weights_info: dict[str, Any], preprocessing: str) -> dict[str, Any]:
+    return {
+        "data": dataset.info,
+        "data_config": cfg.to_dict()["data"],
+        "class_names": dataset.class_names,
+        "model": {
+            "name": cfg.model.name,
+            "alpha": cfg.model.alpha,
+            "input_size": cfg.model.input_size,
+            "preprocessing": preprocessing,
+        },
+        "weights": weights_info,
+        "seed": cfg.run.seed,
+    }
+
+
+def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, callbacks=None) -> dict[str, Any]:
+    """Fine-tune `cfg.model` on `cfg.data` into the run folder `cfg.run_path`.
+
+    Nothing is written until the model is built and the data decoded, so bad
+    input never leaves a folder behind. The manifest entry is written last: a
+    folder without it is unfinished (and resumable with `resume=True`).
+
+    Args:
+        cfg: The resolved config (with `resume`, the one saved in the run folder).
+        force: Overwrite an existing run folder.
+        resume: Continue an unfinished run from its last completed epoch.
+        callbacks: Extra Keras callbacks (tests use one to interrupt a run).
+
+    Returns:
+        The finetune manifest entry (metrics, outputs with sha256, warnings).
+
+    Writes:
+        config.yaml, model.keras, history.csv, history.json, metrics.json,
+        logs/ (TensorBoard), manifest.json; checkpoints/ while running.
+    """
+    from edgecls.data import load_dataset
+    from edgecls.data.pipeline import eval_dataset, train_dataset
+    from edgecls.metrics import evaluate_model
+    from edgecls.models import create_model, get_spec
+    from edgecls.models.stats import model_stats
+
+    run = RunDir(cfg.run_path)
+    run.check_target(force=force, resume=resume, stage="finetune")
+    tf_keras.utils.set_random_seed(cfg.run.seed)
+    preprocessing = get_spec(cfg.model.name).preprocessing
+    dataset = load_dataset(cfg.data, cfg.model.input_size, cfg.run.seed)
+    model, weights_info = create_model(
+        cfg.model.name,
+        num_classes=dataset.num_classes,
+        input_size=cfg.model.input_size,
+        alpha=cfg.model.alpha,
+        weights=cfg.model.weights,
+        dropout=cfg.model.dropout,
+    )
+    if not resume:
+        run.create(force=force)
+        atomic_write_text(run.file("config.yaml"), cfg.to_yaml())
+
+    batch = cfg.data.batch_size
+    train_ds = train_dataset(
+        dataset.train.images,
+        dataset.train.labels,
+        num_classes=dataset.num_classes,
+        batch_size=batch,
+        mode=preprocessing,
+        augment=cfg.data.augment,
+        seed=cfg.run.seed,
+    )
+    has_val = len(dataset.val) > 0
+    val_ds = None
+    if has_val:
+        val_ds = eval_dataset(
+            dataset.val.images,
+            dataset.val.labels,
+            num_classes=dataset.num_classes,
+            batch_size=batch,
+            mode=preprocessing,
+        )
+    steps_per_epoch = -(-len(dataset.train) // batch)
+    fit_phases(model, cfg, run, train_ds, val_ds, steps_per_epoch, callbacks)
+    finish_training(model, run, has_val)
+
+    for layer in model.layers:  # saved fully trainable: later stages choose their own
+        layer.trainable = True
+    metrics = evaluate_model(model, dataset.test, dataset.class_names, mode=preprocessing, batch_size=128)
+    rows = write_history_json(run)
+    metrics.update(
+        stage="finetune",
+        strategy=cfg.train.strategy,
+        data_source=dataset.info["source"],
+        weights=weights_info["source"],
+        model_file=MODEL_FILE,
+        **history_summary(rows, len(dataset.train)),
+        **model_stats(model),
+    )
+    save_model_atomic(model, run.file(MODEL_FILE))
+    save_metrics(run, metrics)
+    clean_checkpoints(run)
+    outputs = ["config.yaml", MODEL_FILE, HISTORY_CSV, "history.json", "metrics.json"]
+    outputs += sorted(str(p.relative_to(run.path)) for p in run.file("logs").rglob("*") if p.is_file())
+    return run.record_stage(
+        "finetune",
+        seed=cfg.run.seed,
+        inputs=_stage_inputs(cfg, dataset, weights_info, preprocessing),
+        outputs=outputs,
+        metrics={
+            k: metrics[k]
+            for k in (
+                "test_accuracy",
+                "num_test_images",
+                "epochs_run",
+                "best_val_accuracy",
+                "train_images_per_second",
+                "params",
+                "macs",
+            )
+        },
+        warnings=dataset.warnings + weights_info.get("warnings", []),
+    )

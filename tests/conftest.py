@@ -1,0 +1,95 @@
+"""Shared fixtures: generated image folders, and the real data in ../shared when present."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EDGECLS_SHARED", ROOT.parent / "shared"))
+CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
+V1_WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+V2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_from_slim_npy.h5"
+KERAS_NAMES = {
+    V1_WEIGHTS: "mobilenet_2_5_224_tf_no_top.h5",
+    V2_WEIGHTS: "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+}
+COLORS = {"blue": (50, 60, 230), "green": (40, 200, 60), "red": (220, 40, 40)}
+
+
+def write_image(path: Path, array: np.ndarray) -> None:
+    """Encode `array` (H, W, C uint8) as PNG or JPEG by `path`'s suffix."""
+    import tensorflow as tf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensor = tf.constant(array)
+    data = tf.io.encode_png(tensor) if path.suffix == ".png" else tf.io.encode_jpeg(tensor)
+    path.write_bytes(data.numpy())
+
+
+def make_image_folder(root: Path, *, classes=("blue", "green", "red"), train=12, test=6, size=40, seed=0) -> Path:
+    """train/<class>/*, test/<class>/*: noisy images whose colour tells the class.
+
+    Mixed formats and modes on purpose: PNG and JPEG, some grayscale, some RGBA,
+    some of another size.
+    """
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train), ("test", test)):
+        for _label, name in enumerate(classes):
+            for i in range(count):
+                side = size if i % 4 else size + 8
+                image = rng.normal(COLORS.get(name, (128, 128, 128)), 30, (side, side, 3)).clip(0, 255).astype(np.uint8)
+                suffix = ".png" if i % 2 else ".jpg"
+                if i % 5 == 3:
+                    image = image.mean(axis=2, keepdims=True).astype(np.uint8)
+                elif i % 5 == 4 and suffix == ".png":
+                    image = np.concatenate([image, np.full((side, side, 1), 255, np.uint8)], axis=2)
+                write_image(root / split / name / f"{i:03d}{suffix}", image)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def shared_cifar() -> Path:
+    if not CIFAR_JPEG.exists():
+        pytest.skip(f"needs the real CIFAR-10 archive at {CIFAR_JPEG} (../shared is absent on a fresh clone)")
+    return CIFAR_JPEG
+
+
+@pytest.fixture(scope="session")
+def keras_home(tmp_path_factory) -> Path:
+    """A KERAS_HOME whose models/ holds the shared ImageNet weights under Keras' own names."""
+    if not V1_WEIGHTS.exists():
+        pytest.skip(f"needs the ImageNet weights in {V1_WEIGHTS.parent} (../shared is absent on a fresh clone)")
+    home = tmp_path_factory.mktemp("keras_home")
+    (home / "models").mkdir()
+    for source, name in KERAS_NAMES.items():
+        if source.exists():
+            shutil.copy(source, home / "models" / name)
+    previous = os.environ.get("KERAS_HOME")
+    os.environ["KERAS_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("KERAS_HOME", None)
+    else:
+        os.environ["KERAS_HOME"] = previous
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
+    from edgecls.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -1,0 +1,64 @@
+"""The typed config: defaults, round trip, and one clear error per bad key or value."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgecls.config import EdgeConfig, load_config
+from edgecls.errors import ConfigError
+
+
+def test_defaults_are_the_edge_model():
+    cfg = EdgeConfig()
+    assert (cfg.model.name, cfg.model.alpha, cfg.model.input_size) == ("mobilenet", 0.25, 128)
+    assert cfg.train.strategy == "full" and cfg.data.augment == ("crop", "flip")
+    assert cfg.run_name == "mobilenet-full"
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(overrides={"train.strategy": "partial", "train.unfreeze": "4", "data.augment": "flip,color"})
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+    assert cfg.train.unfreeze == 4 and cfg.data.augment == ("flip", "color")
+
+
+def test_family_default_alpha_resolved():
+    assert load_config(overrides={"model.name": "resnet50"}).model.alpha == 1.0
+    assert load_config(overrides={"model.name": "mobilenet_v2"}).model.alpha == 1.0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"model.name": "mobilenet_v9"}, "`model.name` must be one of"),
+        ({"model.alpha": 0.1}, "`model.alpha` must be in [0.25, 1.0]"),
+        ({"model.alpha": 0.3}, "with ImageNet weights"),
+        ({"model.name": "resnet50", "model.alpha": 0.5}, "`model.alpha` must be 1.0"),
+        ({"model.input_size": 16}, "`model.input_size` must be in [32, 224]"),
+        ({"model.weights": "/no/such/file.h5"}, "`model.weights` must be"),
+        ({"train.strategy": "half"}, "`train.strategy` must be one of frozen, partial, full"),
+        ({"train.strategy": "partial", "train.unfreeze": 14}, "`train.unfreeze` must be in [1, 13]"),
+        ({"train.epochs": 0}, "`train.epochs` must be a positive integer"),
+        ({"train.epochs": "ten"}, "`train.epochs` must be an integer"),
+        ({"train.warmup_epochs": 5, "train.epochs": 5}, "`train.warmup_epochs` must be in [0, train.epochs)"),
+        ({"data.val_fraction": 0.7}, "`data.val_fraction` must be in [0, 0.5)"),
+        ({"data.augment": "crop,rotate"}, "`data.augment` must be a subset"),
+        ({"train.epochz": 3}, "unknown config key `train.epochz`"),
+        ({"trainer.epochs": 3}, "unknown config section `trainer`"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=overrides)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="must be an existing YAML file"):
+        load_config(tmp_path / "missing.yaml")

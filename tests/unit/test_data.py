@@ -1,0 +1,185 @@
+"""Data sources, splits, decoding and the tf.data pipelines."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import make_image_folder, write_image
+
+from edgecls.config import DataConfig
+from edgecls.data import limit_per_class, load_dataset, stratified_split
+from edgecls.data.pipeline import augment_batch, eval_dataset, preprocess, train_dataset
+from edgecls.data.sources import list_source
+from edgecls.errors import DataError
+
+
+def test_folder_with_train_and_test(image_folder):
+    source = list_source(str(image_folder))
+    assert source.class_names == ["blue", "green", "red"]
+    assert len(source.train) == 36 and len(source.test) == 18
+    assert source.train.ids[0] == "train/blue/000.jpg"
+    assert np.bincount(source.test.labels).tolist() == [6, 6, 6]
+
+
+def test_archives_read_like_the_folder(image_folder, tmp_path):
+    tar_path = tmp_path / "images.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as archive:
+        archive.add(image_folder, arcname="wrapper")  # one wrapping folder is stripped
+    zip_path = tmp_path / "images.zip"
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for path in sorted(image_folder.rglob("*")):
+            archive.write(path, path.relative_to(image_folder).as_posix())
+    folder = list_source(str(image_folder))
+    for archive_path in (tar_path, zip_path):
+        source = list_source(str(archive_path))
+        assert source.class_names == folder.class_names
+        assert source.train.ids == folder.train.ids
+        assert source.test.ids == folder.test.ids
+        assert source.train.payload[5] == (image_folder / folder.train.ids[5]).read_bytes()
+
+
+def test_decoding_gives_rgb_at_input_size(image_folder):
+    data = load_dataset(DataConfig(source=str(image_folder), val_fraction=0.0), 32, seed=0)
+    assert data.train.images.shape == (36, 32, 32, 3) and data.train.images.dtype == np.uint8
+    assert data.test.images.shape == (18, 32, 32, 3)
+    red = data.train.images[data.train.labels == 2].reshape(-1, 3).mean(axis=0)
+    assert red[0] > 150 and red[2] < 100  # colour survived decode and resize (channels not swapped)
+    gray = data.train.ids.index("train/blue/003.png")
+    image = data.train.images[gray].astype(int)
+    assert np.abs(image[..., 0] - image[..., 2]).max() <= 2  # grayscale became three equal channels
+
+
+def test_single_folder_is_split_by_seeded_fraction(image_folder, tmp_path):
+    flat = tmp_path / "flat"
+    shutil.copytree(image_folder / "train", flat)
+    cfg = DataConfig(source=str(flat), test_fraction=0.25, val_fraction=0.0)
+    first = load_dataset(cfg, 32, seed=3)
+    again = load_dataset(cfg, 32, seed=3)
+    assert len(first.test) == 9 and len(first.train) == 27
+    assert first.test.ids == again.test.ids
+    assert not set(first.test.ids) & set(first.train.ids)
+    assert first.info["test_split"] == "carved (0.25)"
+
+
+def test_val_split_and_limits_are_stratified(image_folder):
+    cfg = DataConfig(source=str(image_folder), val_fraction=0.25, limit_per_class=5, test_limit_per_class=2)
+    data = load_dataset(cfg, 32, seed=0)
+    assert np.bincount(data.val.labels).tolist() == [3, 3, 3]
+    assert np.bincount(data.train.labels).tolist() == [5, 5, 5]
+    assert np.bincount(data.test.labels).tolist() == [2, 2, 2]
+    assert not set(data.val.ids) & set(data.train.ids)
+
+
+def test_split_helpers():
+    labels = np.repeat(np.arange(4), 10)
+    kept, held = stratified_split(labels, 0.2, seed=1)
+    assert np.bincount(labels[held]).tolist() == [2, 2, 2, 2]
+    assert sorted(np.concatenate([kept, held]).tolist()) == list(range(40))
+    assert np.bincount(labels[limit_per_class(labels, 3, seed=0)]).tolist() == [3, 3, 3, 3]
+
+
+def test_corrupt_files_are_skipped_and_counted(image_folder):
+    (image_folder / "train" / "red" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (image_folder / "train" / "red" / "notes.txt").write_text("hello")
+    data = load_dataset(DataConfig(source=str(image_folder), val_fraction=0.0), 32, seed=0)
+    assert sorted(data.info["skipped_files"]) == ["train/red/broken.jpg", "train/red/notes.txt"]
+    assert len(data.train) == 36
+    assert data.warnings == ["skipped 2 unreadable file(s), first: train/red/broken.jpg"]
+    with pytest.raises(DataError, match=r"cannot decode train/red/broken.jpg as an image \(2 unreadable"):
+        load_dataset(DataConfig(source=str(image_folder), on_bad_image="error"), 32, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda root: shutil.rmtree(root / "test" / "green"), "class folder `test/green` is missing"),
+        (lambda root: (root / "test" / "zebra").mkdir(), "`test/zebra` in .* has no counterpart in train"),
+        (
+            lambda root: [p.unlink() for p in (root / "train" / "red").iterdir()],
+            "class folder `red` in .* has no files",
+        ),
+    ],
+)
+def test_malformed_layouts(image_folder, mutate, message):
+    mutate(image_folder)
+    with pytest.raises(DataError, match=message):
+        list_source(str(image_folder))
+
+
+def test_missing_empty_and_odd_sources(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        list_source(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        list_source(str(tmp_path / "empty"))
+    (tmp_path / "file.csv").write_text("a,b")
+    with pytest.raises(DataError, match="is a file but not an archive"):
+        list_source(str(tmp_path / "file.csv"))
+    (tmp_path / "bad.tar.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(DataError, match="cannot read archive"):
+        list_source(str(tmp_path / "bad.tar.gz"))
+    write_image(tmp_path / "one" / "cat" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match="a classifier needs two or more"):
+        list_source(str(tmp_path / "one"))
+
+
+def test_preprocess_matches_keras_applications():
+    import tf_keras
+
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        preprocess(pixels, "tf"), tf_keras.applications.mobilenet.preprocess_input(pixels.copy()), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        preprocess(pixels, "caffe"), tf_keras.applications.resnet50.preprocess_input(pixels.copy()), atol=1e-4
+    )
+
+
+def test_augmentation_is_seeded_and_keeps_content():
+    import tensorflow as tf
+
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
+    seed = tf.constant([1, 2], tf.int64)
+    first = augment_batch(tf.constant(images), ("crop", "flip"), seed).numpy()
+    again = augment_batch(tf.constant(images), ("crop", "flip"), seed).numpy()
+    other = augment_batch(tf.constant(images), ("crop", "flip"), tf.constant([3, 4], tf.int64)).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert first.shape == images.shape and not np.array_equal(first, images)
+    flipped = augment_batch(tf.constant(images), ("flip",), seed).numpy()
+    for original, out in zip(images, flipped, strict=False):  # flip only: each image is itself or its mirror
+        assert np.array_equal(out, original) or np.array_equal(out, original[:, ::-1])
+
+
+def test_pipelines_batch_preprocess_and_one_hot():
+    images = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3)).astype(np.uint8)
+    labels = np.arange(10) % 3
+    batches = list(eval_dataset(images, labels, num_classes=3, batch_size=4, mode="tf").as_numpy_iterator())
+    assert [len(x) for x, _ in batches] == [4, 4, 2]
+    np.testing.assert_allclose(batches[0][0], images[:4] / 127.5 - 1.0, atol=1e-6)
+    assert batches[2][1].argmax(axis=1).tolist() == labels[8:].tolist()
+    train = train_dataset(images, labels, num_classes=3, batch_size=4, mode="tf", augment=(), seed=0)
+    epoch1 = np.concatenate([y.argmax(1) for _, y in train.as_numpy_iterator()])
+    epoch2 = np.concatenate([y.argmax(1) for _, y in train.as_numpy_iterator()])
+    assert sorted(epoch1.tolist()) == sorted(labels.tolist())
+    seen = {tuple(x.reshape(-1)[:6]) for batch, _ in train.as_numpy_iterator() for x in batch}
+    assert len(seen) == 10  # every image once per epoch
+    assert epoch1.tolist() != epoch2.tolist()  # reshuffled each epoch (fixed seed: not by chance)
+
+
+def test_real_cifar_archive_layout(shared_cifar):
+    source = list_source(str(shared_cifar))
+    assert source.class_names == [
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    ]  # fmt: skip
+    assert (len(source.train), len(source.test)) == (50000, 10000)
+    assert np.bincount(source.test.labels).tolist() == [1000] * 10
+
+
+def test_make_image_folder_sizes_are_mixed(tmp_path):
+    root = make_image_folder(tmp_path / "x", train=4, test=1)
+    assert len(list((root / "train").rglob("*.*"))) == 12

@@ -1,0 +1,73 @@
+"""Which layers train under each transfer strategy, and the phase plan."""
+
+from __future__ import annotations
+
+import pytest
+import tf_keras
+
+from edgecls.config import TrainConfig
+from edgecls.errors import ConfigError
+from edgecls.models import create_model
+from edgecls.models.registry import HEAD_LAYERS, backbone_blocks
+from edgecls.train import plan_phases, set_trainable
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("mobilenet", input_size=32, weights="none")[0]
+
+
+def trainable_names(model):
+    return {layer.name for layer in model.layers if layer.trainable and layer.weights}
+
+
+def test_frozen_trains_only_the_head(model):
+    summary = set_trainable(model, "mobilenet", "frozen", unfreeze=1, batchnorm="frozen")
+    assert trainable_names(model) == {"predictions"}
+    assert summary["trainable_params"] == 256 * 10 + 10
+
+
+def test_partial_unfreezes_top_blocks_but_not_batchnorm(model):
+    set_trainable(model, "mobilenet", "partial", unfreeze=2, batchnorm="frozen")
+    assert trainable_names(model) == {"predictions", "conv_dw_12", "conv_pw_12", "conv_dw_13", "conv_pw_13"}
+    for layer in model.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            assert not layer.trainable
+
+
+def test_full_unfreezes_every_conv(model):
+    set_trainable(model, "mobilenet", "full", unfreeze=1, batchnorm="frozen")
+    convs = {
+        layer.name
+        for layer in model.layers
+        if isinstance(layer, (tf_keras.layers.Conv2D, tf_keras.layers.DepthwiseConv2D))
+    }
+    assert trainable_names(model) == convs | {"predictions"}
+    set_trainable(model, "mobilenet", "full", unfreeze=1, batchnorm="train")
+    assert "conv1_bn" in trainable_names(model)
+
+
+def test_partial_counts_blocks_for_every_family():
+    model, _ = create_model("mobilenet_v2", input_size=32, weights="none")
+    set_trainable(model, "mobilenet_v2", "partial", unfreeze=1, batchnorm="frozen")
+    top = {layer.name for layer in backbone_blocks(model, "mobilenet_v2")[-1] if layer.weights}
+    assert trainable_names(model) == {name for name in top if "BN" not in name and "bn" not in name} | {"predictions"}
+    assert "Conv_1" in top  # the final 1x1 conv joins the last block
+    assert not set(HEAD_LAYERS) & top
+
+
+def test_unfreeze_beyond_blocks(model):
+    with pytest.raises(ConfigError, match=r"`train.unfreeze` must be in \[1, 13\]"):
+        set_trainable(model, "mobilenet", "partial", unfreeze=14, batchnorm="frozen")
+
+
+def test_phase_plan():
+    assert [(p.name, p.start, p.end, p.lr) for p in plan_phases(TrainConfig(strategy="frozen", epochs=3))] == [
+        ("head", 0, 3, 1e-2)
+    ]
+    phases = plan_phases(TrainConfig(strategy="partial", epochs=5, warmup_epochs=2, lr=1e-4))
+    assert [(p.name, p.start, p.end, p.lr, p.strategy) for p in phases] == [
+        ("head", 0, 2, 1e-2, "frozen"),
+        ("finetune", 2, 5, 1e-4, "partial"),
+    ]
+    assert [p.name for p in plan_phases(TrainConfig(strategy="full", warmup_epochs=0))] == ["finetune"]
