@@ -162,6 +162,48 @@ def finetune(
 
 
 @app.command()
+def optimize(
+    run: Annotated[Path, typer.Argument(help="A run folder with a finished finetune stage.")],
+    prune: Annotated[float | None, typer.Option(help="Target sparsity in (0, 1).")] = None,
+    structured: Annotated[bool, typer.Option("--structured-2-4", help="2:4 structured sparsity.")] = False,
+    prune_layers: Annotated[str | None, typer.Option(help="Comma list of conv, dense.")] = None,
+    qat: Annotated[bool, typer.Option("--qat", help="Quantization-aware training (prune-preserving).")] = False,
+    epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs of each step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate while pruning.")] = None,
+    qat_lr: Annotated[float | None, typer.Option(help="Peak learning rate of QAT.")] = None,
+    skip_unsupported: Annotated[
+        bool, typer.Option("--skip-unsupported", help="Keep layers TFMOT cannot quantize in float.")
+    ] = False,
+    limit_per_class: Annotated[int | None, typer.Option(help="At most N training images per class.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Redo a finished stage.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Prune and/or quantization-aware train a fine-tuned run (stages prune, qat, pqat)."""
+    from edgecls.config import load_config
+
+    _DEBUG["on"] = debug
+    overrides = {
+        "optimize.prune": prune,
+        "optimize.structured": structured or None,
+        "optimize.prune_layers": prune_layers,
+        "optimize.qat": qat or None,
+        "optimize.epochs": epochs,
+        "optimize.lr": lr,
+        "optimize.qat_lr": qat_lr,
+        "optimize.skip_unsupported": skip_unsupported or None,
+        "optimize.limit_per_class": limit_per_class,
+    }
+    opt = load_config(overrides=overrides).optimize
+    import_tensorflow()
+    from edgecls.optimize import run_optimize
+
+    for entry in run_optimize(run, opt, force=force):
+        for line in entry["warnings"]:
+            warn(line)
+        _print_metrics(f"optimize: {run}", entry["metrics"])
+
+
+@app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder.")],
     data: Annotated[str | None, typer.Option(help="Another data source with the same classes.")] = None,

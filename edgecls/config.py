@@ -209,6 +209,52 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class OptimizeConfig:
+    """How `edgecls optimize` prunes and quantizes a fine-tuned run.
+
+    Attributes:
+        prune: Target sparsity in (0, 1) for magnitude pruning; None for none.
+        structured: 2:4 structured sparsity (implies `prune` 0.5).
+        prune_layers: Which layers to prune: `conv` (standard and pointwise
+            convolutions) and/or `dense` (the head). Defaults to both.
+        qat: Quantization-aware training (prune-preserving after pruning).
+        epochs: Fine-tuning epochs of each step. Defaults to 2.
+        lr: Peak learning rate while pruning (cosine-decayed). Defaults to 1e-4.
+        qat_lr: Peak learning rate of QAT. Defaults to 1e-5.
+        skip_unsupported: Keep layers TFMOT cannot quantize in float instead of failing.
+        limit_per_class: At most this many training images per class (quick runs).
+    """
+
+    prune: float | None = None
+    structured: bool = False
+    prune_layers: tuple[str, ...] = ("conv", "dense")
+    qat: bool = False
+    epochs: int = 2
+    lr: float = 1e-4
+    qat_lr: float = 1e-5
+    skip_unsupported: bool = False
+    limit_per_class: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.structured and self.prune is None:
+            object.__setattr__(self, "prune", 0.5)
+        if self.prune is not None and not 0.0 < self.prune < 1.0:
+            _fail("optimize.prune", "a sparsity in (0, 1)", self.prune)
+        if self.structured and self.prune != 0.5:
+            _fail("optimize.prune", "0.5 with 2:4 structured sparsity", self.prune)
+        unknown = [k for k in self.prune_layers if k not in ("conv", "dense")]
+        if unknown or not self.prune_layers:
+            _fail("optimize.prune_layers", "a non-empty subset of conv, dense", unknown or list(self.prune_layers))
+        if self.epochs < 1:
+            _fail("optimize.epochs", "a positive integer", self.epochs)
+        for key in ("lr", "qat_lr"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                _fail(f"optimize.{key}", "in (0, 1]", getattr(self, key))
+        if self.limit_per_class is not None and self.limit_per_class < 1:
+            _fail("optimize.limit_per_class", "a positive integer", self.limit_per_class)
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration: one section per stage."""
 
@@ -216,6 +262,7 @@ class EdgeConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
 
     def __post_init__(self) -> None:
         if self.train.batchnorm is None:

@@ -1,0 +1,341 @@
+"""The optimize stage: magnitude pruning, quantization-aware training, and both together.
+
+Built from TFMOT's own pieces, the way its guides use them:
+`prune_low_magnitude` on the prunable layers (a clone function), a
+`PolynomialDecay` from 0 to the target sparsity, `UpdatePruningStep`, then
+`strip_pruning`; `quantize_annotate_model` + `quantize_apply` for QAT; and
+`Default8BitPrunePreserveQuantizeScheme` for pruning-preserving QAT so the
+zeros survive int8. Every function returns a clone and leaves its input as is.
+
+A run folder gains one sub-folder per stage, each with `model.h5` (HDF5: tf-keras
+cannot reload QAT models from `.keras`) and `metrics.json`:
+
+    prune/   the pruned, stripped float model            (stage `prune`)
+    qat/     QAT of the fine-tuned model                  (stage `qat`)
+    pqat/    pruning-preserving QAT of the pruned model   (stage `pqat`)
+"""
+
+from __future__ import annotations
+
+import gzip
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tf_keras
+
+from edgecls.config import EdgeConfig, OptimizeConfig
+from edgecls.errors import ConfigError, RunError
+from edgecls.run import RunDir, atomic_write_json
+
+STAGE_DIRS = {"prune": "prune", "qat": "qat", "pqat": "pqat"}
+MODEL_FILE = "model.h5"
+
+
+def _tfmot():
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot
+
+
+def prunable(layer, kinds: tuple[str, ...]) -> bool:
+    """True for the layers `kinds` names that TFMOT can prune.
+
+    `conv` is every Conv2D with a kernel (standard and pointwise; TFMOT does not
+    prune depthwise kernels), `dense` the classifier head.
+    """
+    if isinstance(layer, tf_keras.layers.DepthwiseConv2D):
+        return False
+    if isinstance(layer, tf_keras.layers.Conv2D):
+        return "conv" in kinds
+    if isinstance(layer, tf_keras.layers.Dense):
+        return "dense" in kinds
+    return False
+
+
+def pruning_schedule(sparsity: float, total_steps: int):
+    """Polynomial decay from 0 to `sparsity`, reached at 70 % of the steps.
+
+    The pruning frequency scales with the run (about 20 pruning updates), so a
+    short run still reaches its target; the last 30 % recover at full sparsity.
+    """
+    end = max(1, int(total_steps * 0.7))
+    frequency = max(1, end // 20)
+    return _tfmot().sparsity.keras.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end, frequency=frequency)
+
+
+def apply_pruning(model, sparsity: float, total_steps: int, *, kinds=("conv", "dense"), structured: bool = False):
+    """A clone of `model` with the prunable layers wrapped for magnitude pruning.
+
+    Args:
+        model: A flat functional classifier (not modified).
+        sparsity: Target fraction of zeros in each pruned kernel, in (0, 1).
+        total_steps: Training steps the pruning will run for.
+        kinds: Which layers to prune (see `prunable`).
+        structured: 2:4 sparsity (two zeros in every four input weights); layers
+            whose input width is not a multiple of 4 stay dense.
+    """
+    tfmot = _tfmot()
+    schedule = pruning_schedule(sparsity, total_steps)
+
+    def clone(layer):
+        fresh = layer.__class__.from_config(layer.get_config())
+        if not prunable(layer, kinds) or (structured and layer.kernel.shape[-2] % 4):
+            return fresh
+        if structured:
+            return tfmot.sparsity.keras.prune_low_magnitude(fresh, schedule, sparsity_m_by_n=(2, 4))
+        return tfmot.sparsity.keras.prune_low_magnitude(fresh, schedule)
+
+    pruned = tf_keras.models.clone_model(model, clone_function=clone)
+    _copy_weights(model, pruned)
+    return pruned
+
+
+def _copy_weights(source, target) -> None:
+    """Copy weights layer by layer by name (wrappers hold the same kernels)."""
+    for layer in target.layers:
+        original = source.get_layer(layer.name.removeprefix("prune_low_magnitude_"))
+        inner = getattr(layer, "layer", layer)
+        inner.set_weights(original.get_weights())
+
+
+def strip(model):
+    """`strip_pruning`: the plain model with the pruned (zeroed) kernels."""
+    return _tfmot().sparsity.keras.strip_pruning(model)
+
+
+def kernel_sparsity(model, kinds=("conv", "dense")) -> dict[str, Any]:
+    """Fraction of exact zeros per prunable kernel, and over all of them (weighted by size)."""
+    per_layer, zeros, total = {}, 0, 0
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if not prunable(inner, kinds):
+            continue
+        kernel = next(w for w in layer.weights if w.name.split("/")[-1] == "kernel:0").numpy()
+        per_layer[inner.name] = float(np.mean(kernel == 0))
+        zeros += int(np.sum(kernel == 0))
+        total += kernel.size
+    return {"overall": zeros / total if total else 0.0, "per_layer": per_layer}
+
+
+def gzip_bytes(model) -> int:
+    """Bytes of the model's HDF5 file after gzip: what pruning saves on disk and over the air."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.h5"
+        model.save(str(path), include_optimizer=False)
+        return len(gzip.compress(path.read_bytes(), compresslevel=9))
+
+
+def unsupported_for_qat(model) -> list[tuple[str, str]]:
+    """(name, class) of layers the default 8-bit QAT scheme cannot quantize.
+
+    BatchNormalization is not in TFMOT's registry because its layout transforms
+    fold it into the convolution before it; it is not reported.
+    """
+    supported = _tfmot().quantization.keras.default_8bit.Default8BitQuantizeRegistry()
+    skip = (tf_keras.layers.InputLayer, tf_keras.layers.BatchNormalization)
+    return [
+        (layer.name, type(layer).__name__)
+        for layer in model.layers
+        if not isinstance(layer, skip) and not supported.supports(layer)
+    ]
+
+
+def apply_qat(model, *, preserve_sparsity: bool = False, skip_unsupported: bool = False):
+    """A quantization-aware clone of `model` (default 8-bit scheme).
+
+    Args:
+        model: A flat functional float model (not modified).
+        preserve_sparsity: Use the prune-preserving scheme so zero weights stay zero.
+        skip_unsupported: Leave layers TFMOT cannot quantize in float instead of failing.
+
+    Raises:
+        ConfigError: a layer cannot be quantized and `skip_unsupported` is off;
+            the message names the layer and its class.
+    """
+    tfmot = _tfmot()
+    quant = tfmot.quantization.keras
+    unsupported = unsupported_for_qat(model)
+    if unsupported and not skip_unsupported:
+        name, kind = unsupported[0]
+        raise ConfigError(
+            f"layer `{name}` ({kind}) cannot be quantization-aware trained by TFMOT "
+            f"({len(unsupported)} such layer(s)); pass `--skip-unsupported` to keep them in float."
+        )
+    if unsupported:
+        skipped = {name for name, _ in unsupported}
+
+        def annotate(layer):
+            clone = layer.__class__.from_config(layer.get_config())
+            return clone if layer.name in skipped else quant.quantize_annotate_layer(clone)
+
+        annotated = tf_keras.models.clone_model(model, clone_function=annotate)
+        annotated.set_weights(model.get_weights())
+    else:
+        annotated = quant.quantize_annotate_model(model)
+    scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if preserve_sparsity else None
+    try:
+        with quant.quantize_scope():
+            return quant.quantize_apply(annotated, scheme) if scheme else quant.quantize_apply(annotated)
+    except RuntimeError as exc:  # TFMOT: "Layer <name>:<class> is not supported. ..."
+        reason = str(exc).split(". ")[0]
+        raise ConfigError(f"TFMOT cannot quantize this model: {reason}; pass `--skip-unsupported`.") from None
+
+
+def load_stage_model(run: RunDir, stage: str):
+    """The Keras model a finished stage saved (QAT models need TFMOT's scope)."""
+    entry = run.require_stage(stage)
+    path = run.file(f"{STAGE_DIRS[stage]}/{MODEL_FILE}") if stage in STAGE_DIRS else run.file("model.keras")
+    if not path.exists():
+        raise RunError(f"run {run.path} lists stage `{stage}` but {path.name} is missing.")
+    with _tfmot().quantization.keras.quantize_scope():
+        return tf_keras.models.load_model(str(path)), entry
+
+
+def _stage_dir(run: RunDir, stage: str, force: bool) -> Path:
+    """An empty folder for `stage`, refusing to redo a finished stage without `force`."""
+    import shutil
+
+    if run.stage(stage) is not None and not force:
+        what = "QAT asked for twice" if stage in ("qat", "pqat") else "already pruned"
+        raise RunError(f"run {run.path} already has a finished `{stage}` stage ({what}); pass `--force` to redo it.")
+    folder = run.file(STAGE_DIRS[stage])
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=()) -> None:
+    """Fine-tune `model` for `epochs` at a cosine-decayed `lr` with the run's loss and augmentation."""
+    from edgecls.data.pipeline import train_dataset
+    from edgecls.models import get_spec
+    from edgecls.train import compile_model
+
+    batch = cfg.data.batch_size
+    steps = epochs * -(-len(data.train) // batch)
+    compile_model(model, cfg.train, tf_keras.optimizers.schedules.CosineDecay(lr, steps))
+    dataset = train_dataset(
+        data.train.images,
+        data.train.labels,
+        num_classes=data.num_classes,
+        batch_size=batch,
+        mode=get_spec(cfg.model.name).preprocessing,
+        augment=cfg.data.augment,
+        seed=cfg.run.seed,
+    )
+    model.fit(dataset, epochs=epochs, callbacks=list(callbacks), verbose=2)
+
+
+def _finish(run: RunDir, stage: str, model, cfg: EdgeConfig, data, extra: dict[str, Any], warnings: list[str]):
+    """Evaluate, save model.h5 + metrics.json atomically, and record the stage."""
+    from edgecls.metrics import evaluate_model
+    from edgecls.models import get_spec
+
+    folder = STAGE_DIRS[stage]
+    mode = get_spec(cfg.model.name).preprocessing
+    metrics = evaluate_model(model, data.test, data.class_names, mode=mode, batch_size=128)
+    metrics.update(stage=stage, model_file=f"{folder}/{MODEL_FILE}", **extra)
+    tmp = run.file(f"{folder}/.{MODEL_FILE}.tmp.h5")
+    model.save(str(tmp), include_optimizer=False)
+    tmp.replace(run.file(f"{folder}/{MODEL_FILE}"))
+    atomic_write_json(run.file(f"{folder}/metrics.json"), metrics)
+    headline = {k: metrics[k] for k in ("test_accuracy", "num_test_images") if k in metrics}
+    headline.update({k: v for k, v in extra.items() if not isinstance(v, dict)})
+    return run.record_stage(
+        stage,
+        seed=cfg.run.seed,
+        inputs={"parent": extra["parent"], "optimize_config": cfg.to_dict()["optimize"]},
+        outputs=[f"{folder}/{MODEL_FILE}", f"{folder}/metrics.json"],
+        metrics=headline,
+        warnings=warnings,
+    )
+
+
+def planned_stages(opt: OptimizeConfig) -> list[str]:
+    """The stages `opt` writes, in order: `prune`, then `qat` or `pqat`."""
+    stages = ["prune"] if opt.prune is not None else []
+    if opt.qat:
+        stages.append("pqat" if opt.prune is not None else "qat")
+    return stages
+
+
+def run_optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool = False, callbacks=()) -> list[dict]:
+    """Prune and/or quantization-aware train a finished fine-tuning run.
+
+    `prune` alone writes stage `prune`; `qat` alone writes `qat` (from the
+    fine-tuned model); both write `prune` then `pqat` (prune-preserving QAT of
+    the pruned model). Metrics are on the run's full test split.
+
+    Args:
+        run_path: A run folder with a finished `finetune` stage.
+        opt: What to do (`OptimizeConfig`).
+        force: Redo a stage that already finished.
+        callbacks: Extra Keras callbacks for every training call (tests).
+
+    Returns:
+        The manifest entries written, in order.
+
+    Raises:
+        RunError: no finished fine-tuning, or a stage asked for twice without `force`.
+        ConfigError: nothing asked, or a layer TFMOT cannot quantize.
+    """
+    import dataclasses
+
+    from edgecls.config import load_config
+    from edgecls.data import load_dataset
+    from edgecls.metrics import load_run_model
+
+    if opt.prune is None and not opt.qat:
+        raise ConfigError("nothing to do: pass `--prune SPARSITY` and/or `--qat`.")
+    run = RunDir(run_path)
+    model, entry = load_run_model(run.path)
+    cfg = load_config(run.file("config.yaml"))
+    cfg = dataclasses.replace(cfg, optimize=opt)
+    for stage in planned_stages(opt):
+        if run.stage(stage) is not None and not force:
+            _stage_dir(run, stage, force)  # raises the clear error before any work
+    if opt.qat:
+        apply_qat(model, skip_unsupported=opt.skip_unsupported)  # fail early on unsupported layers
+    data_cfg = dataclasses.replace(cfg.data, limit_per_class=opt.limit_per_class or cfg.data.limit_per_class)
+    data = load_dataset(data_cfg, cfg.model.input_size, cfg.run.seed)
+    dense = kernel_sparsity(model, opt.prune_layers)
+    dense_gzip = gzip_bytes(model)
+    entries, parent, parent_name = [], model, "finetune"
+
+    if opt.prune is not None:
+        _stage_dir(run, "prune", force)
+        steps = opt.epochs * -(-len(data.train) // cfg.data.batch_size)
+        pruning = apply_pruning(model, opt.prune, steps, kinds=opt.prune_layers, structured=opt.structured)
+        update = _tfmot().sparsity.keras.UpdatePruningStep()
+        _fit(pruning, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=[update, *callbacks])
+        parent = strip(pruning)
+        sparsity = kernel_sparsity(parent, opt.prune_layers)
+        extra = {
+            "parent": "finetune",
+            "target_sparsity": opt.prune,
+            "structured": "2:4" if opt.structured else None,
+            "sparsity": sparsity["overall"],
+            "sparsity_per_layer": sparsity["per_layer"],
+            "gzip_bytes": gzip_bytes(parent),
+            "gzip_bytes_dense": dense_gzip,
+            "dense_sparsity": dense["overall"],
+        }
+        entries.append(_finish(run, "prune", parent, cfg, data, extra, data.warnings))
+        parent_name = "prune"
+
+    if opt.qat:
+        stage = "pqat" if opt.prune is not None else "qat"
+        _stage_dir(run, stage, force)
+        qat = apply_qat(parent, preserve_sparsity=stage == "pqat", skip_unsupported=opt.skip_unsupported)
+        _fit(qat, cfg, data, epochs=opt.epochs, lr=opt.qat_lr, callbacks=callbacks)
+        sparsity = kernel_sparsity(qat, opt.prune_layers)
+        warnings = [f"left in float: {name} ({kind})" for name, kind in unsupported_for_qat(parent)]
+        extra = {"parent": parent_name, "sparsity": sparsity["overall"], "sparsity_per_layer": sparsity["per_layer"]}
+        if stage == "pqat":
+            pruned = entries[-1]["metrics"]["sparsity"]
+            extra["sparsity_preserved"] = abs(sparsity["overall"] - pruned) <= 0.01
+            if not extra["sparsity_preserved"]:
+                warnings.append(f"PQAT changed the sparsity from {pruned:.4f} to {sparsity['overall']:.4f}")
+        entries.append(_finish(run, stage, qat, cfg, data, extra, warnings))
+    return entries

@@ -1,0 +1,170 @@
+"""`edgecls optimize`: pruning reaches its target, QAT converts to int8, PQAT keeps the zeros."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_image_folder, run_cli
+
+from edgecls.run import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished fine-tuning run of MobileNet v1 0.25 at 32 px on generated images."""
+    from edgecls.config import load_config
+    from edgecls.train import run_finetune
+
+    root = tmp_path_factory.mktemp("optimize")
+    images = make_image_folder(root / "images", train=16, test=4)
+    cfg = load_config(
+        overrides={
+            "data.source": str(images),
+            "data.batch_size": 8,
+            "model.weights": "none",
+            "model.input_size": 32,
+            "train.strategy": "frozen",
+            "train.epochs": 1,
+            "run.runs_dir": str(root),
+            "run.name": "tiny",
+        }
+    )
+    run_finetune(cfg)
+    return root / "tiny"
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    target = tmp_path / "run"
+    shutil.copytree(tiny_run, target)
+    return target
+
+
+def int8_tflite(model) -> bytes:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def int8_weight_sparsity(flatbuffer: bytes) -> tuple[float, set]:
+    """Zero fraction over the weights of every CONV_2D and FULLY_CONNECTED op, and the I/O dtypes."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    interpreter.allocate_tensors()
+    zeros = total = 0
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED"):
+            weights = interpreter.get_tensor(op["inputs"][1])
+            assert weights.dtype == np.int8
+            zeros += int(np.sum(weights == 0))
+            total += weights.size
+    dtypes = {interpreter.get_input_details()[0]["dtype"], interpreter.get_output_details()[0]["dtype"]}
+    return zeros / total, dtypes
+
+
+def test_prune_then_pqat(run_copy, capsys):
+    import tf_keras
+
+    from edgecls.optimize import load_stage_model
+
+    code, out, err = run_cli(["optimize", run_copy, "--prune", "0.5", "--qat", "--epochs", "1"], capsys)
+    assert code == 0, err
+    run = RunDir(run_copy)
+    prune = json.loads(run.file("prune/metrics.json").read_text())
+    assert prune["sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert all(v == pytest.approx(0.5, abs=0.02) for v in prune["sparsity_per_layer"].values())
+    assert prune["dense_sparsity"] < 0.01
+    assert prune["gzip_bytes"] < 0.8 * prune["gzip_bytes_dense"]
+    assert {"test_accuracy", "per_class_accuracy", "confusion_matrix", "num_test_images"} <= set(prune)
+
+    pruned, _ = load_stage_model(run, "prune")
+    assert not [layer for layer in pruned.layers if "PruneLowMagnitude" in type(layer).__name__]
+    assert not any(isinstance(layer, tf_keras.Model) for layer in pruned.layers)
+
+    pqat = json.loads(run.file("pqat/metrics.json").read_text())
+    assert pqat["parent"] == "prune" and pqat["sparsity_preserved"] is True
+    assert pqat["sparsity"] == pytest.approx(prune["sparsity"], abs=0.01)
+    model, _ = load_stage_model(run, "pqat")
+    sparsity, dtypes = int8_weight_sparsity(int8_tflite(model))
+    assert sparsity == pytest.approx(prune["sparsity"], abs=0.01), "zeros must survive int8"
+    assert dtypes == {np.int8}
+
+
+def test_qat_alone_converts_to_int8(run_copy, capsys):
+    from edgecls.optimize import load_stage_model
+
+    code, out, err = run_cli(["optimize", run_copy, "--qat", "--epochs", "1"], capsys)
+    assert code == 0, err
+    model, entry = load_stage_model(RunDir(run_copy), "qat")
+    assert entry["inputs"]["parent"] == "finetune"
+    assert any("Quantize" in type(layer).__name__ for layer in model.layers)
+    _, dtypes = int8_weight_sparsity(int8_tflite(model))
+    assert dtypes == {np.int8}
+
+    code, out, err = run_cli(["optimize", run_copy, "--qat"], capsys)
+    assert code == 2 and "QAT asked for twice" in err and len(err.strip().splitlines()) == 1
+
+
+def test_structured_2_4(run_copy, capsys):
+    from edgecls.optimize import load_stage_model
+
+    code, out, err = run_cli(["optimize", run_copy, "--structured-2-4", "--epochs", "1"], capsys)
+    assert code == 0, err
+    model, _ = load_stage_model(RunDir(run_copy), "prune")
+    kernel = model.get_layer("conv_pw_7").kernel.numpy()  # [1, 1, in, out]
+    groups = (kernel.reshape(-1, kernel.shape[-1]).T.reshape(kernel.shape[-1], -1, 4) != 0).sum(axis=2)
+    assert groups.max() <= 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--prune", "1.5"], "`optimize.prune` must be a sparsity in (0, 1); got 1.5."),
+        (["--prune", "0"], "`optimize.prune` must be a sparsity in (0, 1); got 0.0."),
+        ([], "nothing to do: pass `--prune SPARSITY` and/or `--qat`."),
+        (["--prune", "0.3", "--structured-2-4"], "`optimize.prune` must be 0.5 with 2:4"),
+        (["--prune", "0.5", "--prune-layers", "depthwise"], "`optimize.prune_layers` must be"),
+    ],
+)
+def test_bad_options(run_copy, capsys, args, message):
+    code, out, err = run_cli(["optimize", run_copy, *args], capsys)
+    assert code == 2, err
+    assert err.startswith("edgecls: error: ") and len(err.strip().splitlines()) == 1
+    assert message in err
+    assert not (run_copy / "prune").exists()
+
+
+def test_run_without_model(tmp_path, capsys):
+    (tmp_path / "half").mkdir()
+    code, out, err = run_cli(["optimize", tmp_path / "half", "--prune", "0.5"], capsys)
+    assert code == 2 and "has no finished `finetune` stage" in err
+    (tmp_path / "half" / "config.yaml").write_text("{}")
+    RunDir(tmp_path / "gone").path.mkdir()
+    code, out, err = run_cli(["optimize", tmp_path / "missing", "--qat"], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+def test_unsupported_layers_are_named(tmp_path):
+    from edgecls.errors import ConfigError
+    from edgecls.models import create_model
+    from edgecls.optimize import apply_qat, unsupported_for_qat
+
+    model, _ = create_model("mobilenet_v3_small", input_size=32, weights="none")
+    unsupported = unsupported_for_qat(model)
+    assert {kind for _, kind in unsupported} == {"TFOpLambda", "Multiply"}
+    with pytest.raises(ConfigError, match=r"layer `tf\.__operators__\.add.*` \(TFOpLambda\) cannot be quantization"):
+        apply_qat(model)
+    quantized = apply_qat(model, skip_unsupported=True)
+    assert any("Quantize" in type(layer).__name__ for layer in quantized.layers)
