@@ -25,7 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Fine-tune, optimize, export and validate image classifiers for edge devices.",
 )
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 _DEBUG = {"on": False}
 
@@ -201,6 +201,74 @@ def optimize(
         for line in entry["warnings"]:
             warn(line)
         _print_metrics(f"optimize: {run}", entry["metrics"])
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A run folder.")],
+    int8: Annotated[bool, typer.Option("--int8", help="int8 TFLite and ONNX plus their fp32 references.")] = False,
+    format_: Annotated[str | None, typer.Option("--format", help="Comma list of tflite, onnx.")] = None,
+    precision: Annotated[str | None, typer.Option(help="Comma list of fp32, fp16, dynamic, int8.")] = None,
+    io: Annotated[str | None, typer.Option(help="int8 TFLite input/output type: int8 | uint8 | float.")] = None,
+    stage: Annotated[str | None, typer.Option(help="finetune | prune | qat | pqat (default: most optimized).")] = None,
+    calibration: Annotated[str | None, typer.Option(help="A calibration manifest (edgecls calibrate).")] = None,
+    calibration_samples: Annotated[int | None, typer.Option(help="Images when building one.")] = None,
+    calibration_method: Annotated[str | None, typer.Option(help="ONNX: minmax | entropy | percentile.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an earlier export of the stage.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a run stage to TFLite and ONNX (int8 calibrated on one shared set) with a check table."""
+    from edgecls.config import load_config
+
+    _DEBUG["on"] = debug
+    overrides = {
+        "export.formats": format_,
+        "export.precisions": "fp32,int8" if int8 and precision is None else precision,
+        "export.io": io,
+        "export.stage": stage,
+        "export.calibration": calibration,
+        "export.calibration_samples": calibration_samples,
+        "export.calibration_method": calibration_method,
+    }
+    cfg = load_config(overrides=overrides).export
+    import_tensorflow()
+    from edgecls.export import run_export
+
+    entry = run_export(run, cfg, force=force)
+    table = Table(title=f"export: {run}/export/{entry['metrics']['stage']}")
+    for column in ("file", "precision", "from", "bytes", "I/O", "check acc", "Keras acc", "agreement", "sha256"):
+        table.add_column(column)
+    for row in entry["metrics"]["artifacts"]:
+        io_types = f"{row.get('input_dtype', 'float32')}/{row.get('output_dtype', 'float32')}"
+        table.add_row(
+            row["file"], row["precision"], row["source_stage"], f"{row['bytes']:,}", io_types,
+            f"{row['check_accuracy']:.4f}", f"{row['keras_check_accuracy']:.4f}", f"{row['check_agreement']:.4f}",
+            row["sha256"][:12],
+        )  # fmt: skip
+    out.print(table)
+
+
+@app.command()
+def calibrate(
+    data: Annotated[str, typer.Option(help="An image folder or archive (its train split is used).")],
+    samples: Annotated[int, typer.Option(help="Training images, spread evenly over the classes.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the selection.")] = 0,
+    input_size: Annotated[int, typer.Option(help="Side the pixels are decoded and hashed at.")] = 128,
+    output: Annotated[Path | None, typer.Option(help="Manifest path (default calibration/<name>.json).")] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Build a reproducible calibration manifest (ids and pixel hashes of training images)."""
+    _DEBUG["on"] = debug
+    import_tensorflow()
+    from edgecls.calibration import build_calibration
+    from edgecls.run import atomic_write_json, check_writable
+
+    stem = Path(data).name.split(".")[0] or "data"
+    output = output or Path("calibration") / f"{stem}_{samples}_{input_size}px_seed{seed}.json"
+    check_writable(output.parent)
+    manifest = build_calibration(data, samples=samples, seed=seed, input_size=input_size)
+    atomic_write_json(output, manifest)
+    out.print(f"{output}: {manifest['samples']} images, pixels sha256 {manifest['pixels_sha256'][:16]}…")
 
 
 @app.command()

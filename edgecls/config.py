@@ -255,6 +255,55 @@ class OptimizeConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    """What `edgecls export` writes.
+
+    Attributes:
+        stage: Run stage to export (`finetune`, `prune`, `qat`, `pqat`); None
+            for the most optimized one that finished.
+        formats: Among `tflite`, `onnx`. Defaults to both.
+        precisions: Among `fp32`, `fp16`, `dynamic` (TFLite only) and `int8`.
+            Defaults to `fp32`, `int8`.
+        io: Input/output type of the int8 TFLite file: `int8`, `uint8` or `float`.
+            Defaults to `int8`. (ONNX int8 is QDQ with float I/O.)
+        calibration: A calibration manifest (`edgecls calibrate`); None builds one
+            from the run's training images (`calibration_samples`, `calibration_seed`).
+        calibration_samples: Defaults to 100.
+        calibration_seed: Defaults to 0.
+        calibration_method: ONNX Runtime's `minmax`, `entropy` or `percentile`. Defaults to `minmax`.
+        check_per_class: Test images per class in the quick accuracy check. Defaults to 50.
+    """
+
+    stage: str | None = None
+    formats: tuple[str, ...] = ("tflite", "onnx")
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    io: Literal["int8", "uint8", "float"] = "int8"
+    calibration: str | None = None
+    calibration_samples: int = 100
+    calibration_seed: int = 0
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    check_per_class: int = 50
+
+    def __post_init__(self) -> None:
+        if self.stage is not None and self.stage not in EXPORT_STAGES:
+            _fail("export.stage", "one of " + ", ".join(EXPORT_STAGES), self.stage)
+        for key, allowed in (("formats", ("tflite", "onnx")), ("precisions", ("fp32", "fp16", "dynamic", "int8"))):
+            values = getattr(self, key)
+            bad = [v for v in values if v not in allowed]
+            if bad or not values:
+                _fail(f"export.{key}", "a non-empty subset of " + ", ".join(allowed), bad[0] if bad else values)
+        if "onnx" in self.formats and set(self.precisions) <= {"fp16", "dynamic"}:
+            _fail("export.precisions", "fp32 or int8 for ONNX (fp16 and dynamic are TFLite only)", self.precisions)
+        if self.calibration_samples < 1:
+            _fail("export.calibration_samples", "a positive integer", self.calibration_samples)
+        if self.check_per_class < 1:
+            _fail("export.check_per_class", "a positive integer", self.check_per_class)
+
+
+EXPORT_STAGES = ("finetune", "prune", "qat", "pqat")
+
+
+@dataclass(frozen=True)
 class EdgeConfig:
     """The whole configuration: one section per stage."""
 
@@ -263,6 +312,7 @@ class EdgeConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         if self.train.batchnorm is None:

@@ -39,3 +39,9 @@ class StageError(EdgeclsError):
     """A stage that started on valid input and failed (a gate, a converter)."""
 
     exit_code = 1
+
+
+class ConversionError(EdgeclsError):
+    """A converter (TFLite, tf2onnx, ONNX Runtime quantizer) rejected the model."""
+
+    exit_code = 2

@@ -331,7 +331,13 @@ def run_optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool = Fal
         _fit(qat, cfg, data, epochs=opt.epochs, lr=opt.qat_lr, callbacks=callbacks)
         sparsity = kernel_sparsity(qat, opt.prune_layers)
         warnings = [f"left in float: {name} ({kind})" for name, kind in unsupported_for_qat(parent)]
-        extra = {"parent": parent_name, "sparsity": sparsity["overall"], "sparsity_per_layer": sparsity["per_layer"]}
+        extra = {
+            "parent": parent_name,
+            "sparsity": sparsity["overall"],
+            "sparsity_per_layer": sparsity["per_layer"],
+            "gzip_bytes": gzip_bytes(qat),
+            "gzip_bytes_dense": dense_gzip,
+        }
         if stage == "pqat":
             pruned = entries[-1]["metrics"]["sparsity"]
             extra["sparsity_preserved"] = abs(sparsity["overall"] - pruned) <= 0.01

@@ -17,7 +17,7 @@ from edgecls.data.decode import DecodedSplit, decode_split
 from edgecls.data.sources import RawSplit, Source, list_source
 from edgecls.errors import DataError
 
-__all__ = ["Dataset", "DecodedSplit", "load_dataset", "list_source", "stratified_split"]
+__all__ = ["Dataset", "DecodedSplit", "list_source", "load_dataset", "load_split", "stratified_split"]
 
 MEMORY_SHARE = 0.6  # at most this share of the machine's RAM for decoded images
 
@@ -103,6 +103,16 @@ def _select(source: Source, cfg: DataConfig, seed: int) -> tuple[RawSplit, RawSp
     train = train.subset(limit_per_class(train.labels, cfg.limit_per_class, seed + 2))
     test = test.subset(limit_per_class(test.labels, cfg.test_limit_per_class, seed + 3))
     return train, val, test
+
+
+def load_split(cfg: DataConfig, input_size: int, seed: int, split: str = "test") -> tuple[DecodedSplit, list[str]]:
+    """Decode one split only (the same selection `load_dataset` makes), with the class names.
+
+    Export and validation need the test images without decoding the training set.
+    """
+    source = list_source(cfg.source)
+    chosen = dict(zip(("train", "val", "test"), _select(source, cfg, seed), strict=True))[split]
+    return decode_split(chosen, input_size, on_bad_image=cfg.on_bad_image), source.class_names
 
 
 def load_dataset(cfg: DataConfig, input_size: int, seed: int) -> Dataset:

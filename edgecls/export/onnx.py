@@ -1,0 +1,110 @@
+"""ONNX export through tf2onnx, and int8 QDQ through `onnxruntime.quantization`.
+
+fp32: `tf2onnx.convert.from_function` (opset >= 13), checked with `onnx.checker`.
+int8 of a float model: `quant_pre_process`, then `quantize_static` (QDQ,
+per-channel int8 weights, int8 activations) calibrated on the same images as
+TFLite. int8 of a QAT model: tf2onnx turns its fake-quant ops into QDQ pairs,
+keeping the learned ranges. Metadata goes into `metadata_props`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecls.errors import ConversionError
+
+OPSET = 13
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def convert(model, input_size: int, opset: int = OPSET):
+    """A tf-keras model as an `onnx.ModelProto` (NHWC float input named `input`)."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = (tf.TensorSpec((None, input_size, input_size, 3), tf.float32, name="input"),)
+    function = tf.function(lambda images: model(images, training=False))
+    try:
+        proto, _ = tf2onnx.convert.from_function(function, input_signature=signature, opset=opset)
+    except Exception as exc:  # tf2onnx raises plain exceptions naming the op
+        raise ConversionError(f"tf2onnx failed: {str(exc).strip().splitlines()[-1][:200]}.") from None
+    onnx.checker.check_model(proto)
+    return proto
+
+
+class _Reader:
+    """`onnxruntime.quantization.CalibrationDataReader` over preprocessed images, one at a time."""
+
+    def __init__(self, input_name: str, images: np.ndarray):
+        self._items = iter([{input_name: image[None].astype(np.float32)} for image in images])
+
+    def get_next(self):
+        return next(self._items, None)
+
+    def rewind(self):  # pragma: no cover - not used by quantize_static
+        raise NotImplementedError
+
+
+def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, method: str = "minmax") -> None:
+    """Static int8 QDQ quantization of an fp32 ONNX file, calibrated on `images`."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibrate = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
+    with tempfile.TemporaryDirectory() as folder:
+        prepared = Path(folder) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        try:
+            quantize_static(
+                str(prepared),
+                str(out_path),
+                _Reader("input", images),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=calibrate,
+            )
+        except Exception as exc:
+            raise ConversionError(f"onnxruntime quantize_static failed: {str(exc).splitlines()[0][:200]}.") from None
+
+
+def add_metadata(proto, metadata: dict[str, Any]):
+    """Set `metadata_props` (string values; lists and dicts as JSON) and return `proto`."""
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key = key
+        entry.value = value if isinstance(value, str) else json.dumps(value)
+    return proto
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """`metadata_props` of an ONNX file as a dict of strings."""
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Opset, op types, and whether weights are int8 QDQ."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    ops = sorted({node.op_type for node in proto.graph.node})
+    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    return {
+        "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "ops": ops,
+        "int8_initializers": len(int8_weights),
+    }

@@ -1,0 +1,123 @@
+"""TFLite export through `TFLiteConverter`: fp32, fp16, dynamic-range and full int8.
+
+Metadata (labels, input size, normalization) is embedded in the flatbuffer's
+`metadata` table under the name `edgecls`, as JSON, so a device-side runner
+needs nothing else; `read_metadata` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from edgecls.errors import ConversionError
+
+METADATA_NAME = "edgecls"
+IO_TYPES = ("int8", "uint8", "float")
+
+
+def _converter_error(exc: Exception) -> ConversionError:
+    text = str(exc)
+    ops = sorted(set(re.findall(r"'(tf\.\w+|tfl\.\w+)'", text))) or sorted(set(re.findall(r"\b(tf\.[A-Z]\w+)", text)))
+    what = f"op {', '.join(ops)}" if ops else text.strip().splitlines()[-1][:200]
+    return ConversionError(f"TFLite converter failed on {what}.")
+
+
+def convert(
+    model,
+    precision: str,
+    *,
+    io: str = "int8",
+    representative: Callable[[], Iterator[list[np.ndarray]]] | None = None,
+    quantization_aware: bool = False,
+) -> bytes:
+    """Convert a tf-keras model to a TFLite flatbuffer.
+
+    Args:
+        model: The Keras model (float, or QAT with learned ranges).
+        precision: `fp32`, `fp16`, `dynamic` or `int8`.
+        io: For int8: input/output type, `int8`, `uint8` or `float`. Defaults to `int8`.
+        representative: For int8 of a float model: yields `[float32 batch of 1]`.
+        quantization_aware: The model carries fake-quant ranges (no representative set needed).
+
+    Raises:
+        ConversionError: the converter failed; the message names the op when it can.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if precision != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if precision == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if precision == "int8":
+        if not quantization_aware:
+            converter.representative_dataset = representative
+            # QAT graphs must not set this: TF 2.21's metric hook then demands a representative set.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        io_type = {"int8": tf.int8, "uint8": tf.uint8, "float": tf.float32}[io]
+        converter.inference_input_type = io_type
+        converter.inference_output_type = io_type
+    try:
+        return converter.convert()
+    except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
+        raise _converter_error(exc) from None
+
+
+def add_metadata(flatbuffer: bytes, metadata: dict[str, Any]) -> bytes:
+    """Return `flatbuffer` with `metadata` (JSON) in its metadata table under `edgecls`."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(metadata, sort_keys=True).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_metadata(flatbuffer: bytes) -> dict[str, Any] | None:
+    """The `edgecls` metadata of a TFLite flatbuffer, or None."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == METADATA_NAME:
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    return None
+
+
+def describe(flatbuffer: bytes) -> dict[str, Any]:
+    """I/O dtypes, op names, and the zero fraction of the int8 CONV_2D/FULLY_CONNECTED weights."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(
+        model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    interpreter.allocate_tensors()
+    zeros = total = 0
+    weight_dtypes = set()
+    ops = interpreter._get_ops_details()
+    for op in ops:
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            weights = interpreter.get_tensor(op["inputs"][1])
+            weight_dtypes.add(weights.dtype.name)
+            if op["op_name"] != "DEPTHWISE_CONV_2D" and weights.dtype == np.int8:
+                zeros += int(np.sum(weights == 0))
+                total += weights.size
+    return {
+        "input_dtype": np.dtype(interpreter.get_input_details()[0]["dtype"]).name,
+        "output_dtype": np.dtype(interpreter.get_output_details()[0]["dtype"]).name,
+        "weight_dtypes": sorted(weight_dtypes),
+        "ops": sorted({op["op_name"] for op in ops}),
+        "int8_weight_sparsity": zeros / total if total else None,
+    }
