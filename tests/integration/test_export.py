@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_image_folder, run_cli
 
+from conftest import make_image_folder, run_cli
 from edgecls.run import RunDir
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from edgecls.config import load_config
 from edgecls.run import RunDir, sha256_file
 

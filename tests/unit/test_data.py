@@ -8,8 +8,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import make_image_folder, write_image
 
+from conftest import make_image_folder, write_image
 from edgecls.config import DataConfig
 from edgecls.data import limit_per_class, load_dataset, stratified_split
 from edgecls.data.pipeline import augment_batch, eval_dataset, preprocess, train_dataset
