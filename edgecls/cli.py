@@ -272,6 +272,56 @@ def calibrate(
 
 
 @app.command()
+def firmware(
+    run: Annotated[Path, typer.Argument(help="A run folder with an int8 export.")],
+    stage: Annotated[str | None, typer.Option(help="Export to use: finetune | prune | qat | pqat.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Another .tflite file instead of the run's export.")] = None,
+    namespace: Annotated[str, typer.Option(help="C++ namespace of the symbols; `none` for none.")] = "edgecls_model",
+    prefix: Annotated[str, typer.Option(help="Prefix of the generated symbols, e.g. g_.")] = "",
+    arena_margin: Annotated[float, typer.Option(help="Safety margin on the measured arena.")] = 0.1,
+    parity_images: Annotated[int, typer.Option(help="Test images compared TFLM vs LiteRT.")] = 100,
+    device: Annotated[str | None, typer.Option(help="Device profile for flash/RAM budgets.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild existing assets.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """TFLite Micro assets (C array, settings, op resolver) with a measured tensor arena."""
+    _DEBUG["on"] = debug
+    import_tensorflow()
+    from edgecls.firmware import run_firmware
+
+    entry = run_firmware(
+        run,
+        stage=stage,
+        model=model,
+        namespace=None if namespace == "none" else namespace,
+        prefix=prefix,
+        margin=arena_margin,
+        parity_images=parity_images,
+        device=device,
+        force=force,
+    )
+    metrics = entry["metrics"]
+    parity = metrics["parity"]
+    summary = {
+        "assets": f"{run}/firmware/{metrics['stage']}",
+        "flash (model bytes)": metrics["flash_bytes"],
+        "arena measured (bytes)": metrics["arena_bytes_measured"],
+        "arena with margin (bytes)": metrics["arena_bytes"],
+        "ops": ", ".join(metrics["ops"]),
+        "TFLM vs LiteRT bit-exact": parity["bit_exact_fraction"],
+        "TFLM vs LiteRT top-1 agreement": parity["top1_agreement"],
+        "TFLM accuracy": parity["tflm_accuracy"],
+    }
+    if "device" in metrics:
+        budget = metrics["device"]
+        summary["device"] = (
+            f"{budget['profile']}: flash {'ok' if budget['flash_ok'] else 'OVER'} ({budget['flash_budget']:,}),"
+            f" RAM {'ok' if budget['ram_ok'] else 'OVER'} ({budget['ram_budget']:,})"
+        )
+    _print_metrics("firmware", summary)
+
+
+@app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder.")],
     data: Annotated[str | None, typer.Option(help="Another data source with the same classes.")] = None,

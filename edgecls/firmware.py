@@ -1,0 +1,412 @@
+"""The firmware stage: TensorFlow Lite Micro assets with a MEASURED tensor arena.
+
+From a run's int8 TFLite export, writes `runs/<name>/firmware/<stage>/`:
+
+    model_data.h / model_data.cc   the flatbuffer as a 16-byte aligned const array
+    model_settings.h               input/output shape, scale, zero point, labels, arena size
+    op_resolver.h                  MicroMutableOpResolver<N> with exactly the model's ops
+    README.md                      how to integrate them
+    firmware.json                  arena (measured and with margin), flash, TFLM parity
+
+The arena is found on the real TFLM interpreter (the `tflite-micro` package runs
+TFLM's kernels on the host): the smallest size, to 16 bytes, at which the model
+allocates AND invokes, by doubling then bisection. Host pointers are 8 bytes
+against 4 on a Cortex-M, so the host figure is an upper bound of the device's;
+a safety margin (default 10 %) is added on top and both numbers are reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import string
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecls import __version__
+from edgecls.errors import ConfigError, RunError, StageError
+from edgecls.run import RunDir, atomic_write_json, atomic_write_text, sha256_file
+
+ASSETS = Path(__file__).resolve().parents[1] / "firmware_assets"
+MAX_ARENA = 64 << 20
+ALIGN = 16
+# TFLite builtin op -> MicroMutableOpResolver call (the ops edgecls' models can contain).
+TFLM_OPS = {
+    "ADD": "AddAdd",
+    "AVERAGE_POOL_2D": "AddAveragePool2D",
+    "CONCATENATION": "AddConcatenation",
+    "CONV_2D": "AddConv2D",
+    "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D",
+    "DEQUANTIZE": "AddDequantize",
+    "FULLY_CONNECTED": "AddFullyConnected",
+    "HARD_SWISH": "AddHardSwish",
+    "LOGISTIC": "AddLogistic",
+    "MAX_POOL_2D": "AddMaxPool2D",
+    "MEAN": "AddMean",
+    "MUL": "AddMul",
+    "PAD": "AddPad",
+    "QUANTIZE": "AddQuantize",
+    "RELU": "AddRelu",
+    "RELU6": "AddRelu6",
+    "RESHAPE": "AddReshape",
+    "SOFTMAX": "AddSoftmax",
+    "SQUEEZE": "AddSqueeze",
+}
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """TFLM prints every failed allocation of the search to stderr; hide them."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def model_ops(flatbuffer: bytes) -> list[str]:
+    """Builtin op names the model uses, sorted."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    used = set()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            used.add(names[max(code.builtinCode, code.deprecatedBuiltinCode)])
+    return sorted(used)
+
+
+def _tflm(flatbuffer: bytes, arena: int):
+    from tflite_micro.python.tflite_micro import runtime
+
+    return runtime.Interpreter.from_bytes(flatbuffer, arena_size=arena)
+
+
+def fits(flatbuffer: bytes, arena: int) -> bool:
+    """True if the model allocates and invokes (on a zero input) with `arena` bytes."""
+    with _quiet_native_stderr():
+        try:
+            interpreter = _tflm(flatbuffer, arena)
+            detail = interpreter.get_input_details(0)
+            interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
+            interpreter.invoke()
+        except RuntimeError:
+            return False
+    return True
+
+
+def measure_arena(flatbuffer: bytes, upper: int = MAX_ARENA) -> int:
+    """Smallest arena (a multiple of 16 bytes) with which the model allocates and invokes.
+
+    Raises:
+        StageError: it does not fit even in `upper` bytes.
+    """
+    high = 16 << 10
+    while not fits(flatbuffer, high):
+        if high >= upper:
+            raise StageError(f"the model does not allocate in TFLM even with a {upper >> 20} MiB arena.")
+        high = min(high * 2, upper)
+    low = 0  # invariant: low fails (or is 0), high fits
+    while high - low > ALIGN:
+        middle = (low + high) // 2 // ALIGN * ALIGN
+        if middle <= low:
+            break
+        if fits(flatbuffer, middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def tflm_scores(flatbuffer: bytes, arena: int, images: np.ndarray) -> np.ndarray:
+    """Raw (quantized) TFLM outputs for already-quantized input images, one invoke each."""
+    interpreter = _tflm(flatbuffer, arena)
+    outputs = []
+    for image in images:
+        interpreter.set_input(image[None], 0)
+        interpreter.invoke()
+        outputs.append(np.array(interpreter.get_output(0))[0])
+    return np.stack(outputs)
+
+
+def litert_scores(flatbuffer: bytes, images: np.ndarray) -> np.ndarray:
+    """Raw (quantized) LiteRT outputs for the same inputs, reference kernels (no XNNPACK)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interpreter = Interpreter(model_content=flatbuffer, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    detail = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(detail["index"], [len(images), *detail["shape"][1:]])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], images)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def _c_array(data: bytes, per_line: int = 12) -> str:
+    rows = (", ".join(f"0x{b:02x}" for b in data[i : i + per_line]) for i in range(0, len(data), per_line))
+    return ",\n".join(f"    {row}" for row in rows)
+
+
+def _render(template: str, values: dict[str, Any]) -> str:
+    path = ASSETS / "templates" / template
+    if not path.exists():
+        raise RunError(f"firmware template {path} is missing (install edgecls from its repository checkout).")
+    return string.Template(path.read_text()).substitute(values)
+
+
+def harness_defines(namespace: str | None, prefix: str) -> list[str]:
+    """The -D flags that name the generated symbols for firmware_assets/host_harness/harness.cc."""
+    scope = f"{namespace}::" if namespace else ""
+    names = {"DATA": "model_data", "DATA_LEN": "model_data_len", "ARENA": "kTensorArenaSize", "CLASSES": "kNumClasses"}
+    return [f"-DEDGECLS_{key}={scope}{prefix}{name}" for key, name in names.items()]
+
+
+def write_assets(
+    folder: Path, flatbuffer: bytes, info: dict[str, Any], *, namespace: str | None, prefix: str
+) -> list[str]:
+    """Render every template into `folder`; returns the file names."""
+    from tflite_micro.python.tflite_micro import _version
+
+    guard = (namespace or prefix.rstrip("_") or "edgecls").upper()
+    common = {
+        "version": __version__,
+        "source": info["source"],
+        "bytes": len(flatbuffer),
+        "sha256": info["sha256"],
+        "guard": guard,
+        "prefix": prefix,
+        "namespace_open": f"namespace {namespace} {{\n" if namespace else "",
+        "namespace_close": f"\n}}  // namespace {namespace}\n" if namespace else "",
+    }
+    files = {
+        "model_data.h": _render("model_data.h.tmpl", common),
+        "model_data.cc": _render("model_data.cc.tmpl", {**common, "array": _c_array(flatbuffer)}),
+        "model_settings.h": _render(
+            "model_settings.h.tmpl",
+            {
+                **common,
+                **info["settings"],
+                "tflm_version": getattr(_version, "__version__", "?"),
+                "labels": ", ".join(f'"{label}"' for label in info["labels"]),
+            },
+        ),
+        "op_resolver.h": _render(
+            "op_resolver.h.tmpl",
+            {
+                **common,
+                "count": len(info["ops"]),
+                "adds": "\n".join(f"  TF_LITE_ENSURE_STATUS(resolver.{TFLM_OPS[op]}());" for op in info["ops"]),
+            },
+        ),
+    }
+    files["README.md"] = (ASSETS / "templates" / "README.md").read_text()
+    for name, text in files.items():
+        atomic_write_text(folder / name, text)
+    return sorted(files)
+
+
+PROFILES = Path(__file__).resolve().parent / "profiles"
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """A device profile shipped with edgecls (`edgecls/profiles/<name>.yaml`).
+
+    Raises:
+        ConfigError: no such profile; the message lists the known ones.
+    """
+    import yaml
+
+    path = PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+        raise ConfigError(f"`--device` must be one of {known}; got {name!r}.")
+    return yaml.safe_load(path.read_text())
+
+
+def _int8_export(run: RunDir, stage: str | None) -> tuple[str, Path]:
+    order = [stage] if stage else ["pqat", "qat", "prune", "finetune"]
+    for candidate in order:
+        path = run.file(f"export/{candidate}/model_int8.tflite")
+        if run.stage(f"export/{candidate}") is not None and path.exists():
+            return candidate, path
+    run.require_stage("finetune")
+    raise RunError(f"run {run.path} has no int8 TFLite model: run `edgecls export {run.path} --int8` first.")
+
+
+def _quantize_input(images: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+
+
+def check_int8(flatbuffer: bytes, name: str) -> dict[str, Any]:
+    """Input/output details of a full-integer model.
+
+    Raises:
+        ConfigError: a float input or output, or ops TFLM cannot run (all listed).
+    """
+    from edgecls.runtimes import litert_interpreter_class
+
+    interpreter = litert_interpreter_class()(model_content=flatbuffer)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    if inp["dtype"] not in (np.int8, np.uint8) or out["dtype"] not in (np.int8, np.uint8):
+        raise ConfigError(
+            f"{name} has {np.dtype(inp['dtype']).name} input and {np.dtype(out['dtype']).name} output; "
+            "TFLM firmware needs the full-integer model (`edgecls export RUN --int8 --io int8`)."
+        )
+    unsupported = [op for op in model_ops(flatbuffer) if op not in TFLM_OPS]
+    if unsupported:
+        raise ConfigError(f"{name} uses ops edgecls cannot register in TFLM: {', '.join(unsupported)}.")
+    return {"input": inp, "output": out}
+
+
+def run_firmware(
+    run_path: str | Path,
+    *,
+    stage: str | None = None,
+    model: str | Path | None = None,
+    namespace: str | None = "edgecls_model",
+    prefix: str = "",
+    margin: float = 0.1,
+    parity_images: int = 100,
+    device: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write TFLM firmware assets for a run's int8 model, with a measured arena and TFLM parity.
+
+    Args:
+        run_path: A run folder with an int8 export.
+        stage: Which export (`finetune`, `prune`, `qat`, `pqat`); default the most optimized.
+        model: Another .tflite file instead of the run's export (its labels come from the run).
+        namespace: C++ namespace of the generated symbols; None for none.
+        prefix: Prefix of the generated symbols (e.g. `g_`).
+        margin: Safety margin added to the measured arena. Defaults to 0.1.
+        parity_images: Test images compared between TFLM and LiteRT. Defaults to 100.
+        device: A device profile to check flash and RAM against.
+        force: Replace earlier assets of the same stage.
+
+    Raises:
+        RunError: no int8 export, or assets exist without `force`.
+        ConfigError: a float model, ops TFLM does not support, an unknown device, a bad option.
+        StageError: the arena search cannot allocate even at 64 MiB.
+    """
+    from edgecls.config import DataConfig
+    from edgecls.data import load_split
+    from edgecls.data.pipeline import preprocess_numpy
+
+    if not 0 <= margin <= 1:
+        raise ConfigError(f"`--arena-margin` must be in [0, 1]; got {margin}.")
+    if parity_images < 1:
+        raise ConfigError(f"`--parity-images` must be a positive integer; got {parity_images}.")
+    if namespace is not None and not namespace.isidentifier():
+        raise ConfigError(f"`--namespace` must be a C++ identifier; got {namespace!r}.")
+    if prefix and not prefix.isidentifier():
+        raise ConfigError(f"`--prefix` must be a C identifier prefix; got {prefix!r}.")
+    profile = load_profile(device) if device else None
+    run = RunDir(run_path)
+    if model is not None:
+        run.require_stage("finetune")
+        stage, path = stage or "custom", Path(model)
+        if not path.is_file():
+            raise ConfigError(f"`--model` must be an existing .tflite file; got {str(path)!r}.")
+    else:
+        stage, path = _int8_export(run, stage)
+    key = f"firmware/{stage}"
+    if run.stage(key) is not None and not force:
+        raise RunError(f"run {run.path} already has firmware assets for `{stage}`; pass `--force` to rebuild them.")
+    flatbuffer = path.read_bytes()
+    details = check_int8(flatbuffer, path.name)
+    measured = measure_arena(flatbuffer)
+    arena = -(-int(measured * (1 + margin)) // ALIGN) * ALIGN
+
+    recorded = run.require_stage("finetune")["inputs"]
+    per_class = -(-parity_images // len(recorded["class_names"]))
+    data_cfg = DataConfig(**{**recorded["data_config"], "test_limit_per_class": per_class})
+    split, _ = load_split(data_cfg, recorded["model"]["input_size"], recorded["seed"], "test")
+    pick = np.arange(len(split))[:parity_images]
+    inputs = _quantize_input(preprocess_numpy(split.images[pick], recorded["model"]["preprocessing"]), details["input"])
+    with _quiet_native_stderr():
+        micro = tflm_scores(flatbuffer, arena, inputs)
+    lite = litert_scores(flatbuffer, inputs)
+    difference = np.abs(micro.astype(np.int32) - lite.astype(np.int32))
+    out_scale, out_zero = details["output"]["quantization"]
+    parity = {
+        "images": int(len(pick)),
+        "bit_exact_fraction": float(np.mean(np.all(difference == 0, axis=1))),
+        "max_abs_diff_quantized": int(difference.max()),
+        "max_abs_diff_score": float(difference.max() * out_scale),
+        "top1_agreement": float(np.mean(micro.argmax(1) == lite.argmax(1))),
+        "tflm_accuracy": float(np.mean(micro.argmax(1) == split.labels[pick])),
+        "litert_accuracy": float(np.mean(lite.argmax(1) == split.labels[pick])),
+    }
+    size = recorded["model"]["input_size"]
+    in_scale, in_zero = details["input"]["quantization"]
+    info = {
+        "source": str(path.relative_to(run.path)) if path.is_relative_to(run.path) else str(path),
+        "sha256": sha256_file(path),
+        "labels": recorded["class_names"],
+        "ops": model_ops(flatbuffer),
+        "settings": {
+            "input_height": size,
+            "input_width": size,
+            "input_channels": 3,
+            "input_type": np.dtype(details["input"]["dtype"]).name,
+            "output_type": np.dtype(details["output"]["dtype"]).name,
+            "input_scale": repr(float(in_scale)),
+            "input_zero_point": int(in_zero),
+            "output_scale": repr(float(out_scale)),
+            "output_zero_point": int(out_zero),
+            "num_classes": len(recorded["class_names"]),
+            "normalization": "p / 127.5 - 1" if recorded["model"]["preprocessing"] == "tf" else "BGR, p - mean",
+            "arena_measured": measured,
+            "arena_size": arena,
+            "margin_percent": round(margin * 100),
+        },
+    }
+    final, tmp = run.file(f"firmware/{stage}"), run.file(f"firmware/.{stage}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        files = write_assets(tmp, flatbuffer, info, namespace=namespace, prefix=prefix)
+        summary = {
+            "stage": stage,
+            "model": info["source"],
+            "flash_bytes": len(flatbuffer),
+            "arena_bytes_measured": measured,
+            "arena_bytes": arena,
+            "arena_margin": margin,
+            "ops": info["ops"],
+            "parity": parity,
+            "namespace": namespace,
+            "prefix": prefix,
+            "harness_defines": harness_defines(namespace, prefix),
+        }
+        if profile:
+            summary["device"] = {
+                "profile": profile["name"],
+                "flash_budget": profile["flash_bytes"],
+                "ram_budget": profile["ram_bytes"],
+                "flash_ok": len(flatbuffer) <= profile["flash_bytes"],
+                "ram_ok": arena <= profile["ram_bytes"],
+            }
+        atomic_write_json(tmp / "firmware.json", summary)
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.replace(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    outputs = [f"firmware/{stage}/{name}" for name in [*files, "firmware.json"]]
+    return run.record_stage(key, seed=recorded["seed"], inputs={"model": info["source"]}, outputs=outputs,
+                            metrics=summary, warnings=[])  # fmt: skip
