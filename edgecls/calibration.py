@@ -99,9 +99,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_calibration(
-    manifest: dict[str, Any], *, source: str | None = None, input_size: int | None = None
-) -> np.ndarray:
+def load_calibration(manifest: dict[str, Any], *, source: str | None = None, input_size: int | None = None) -> np.ndarray:
     """Rebuild the calibration pixels (uint8 [N, S, S, 3]) and verify every hash.
 
     Args:

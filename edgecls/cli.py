@@ -146,9 +146,7 @@ def finetune(
     if resume:
         given = [k for k, v in overrides.items() if v is not None and k not in ("run.name", "run.runs_dir")]
         if given or config is not None:
-            raise typer.BadParameter(
-                f"`--resume` continues the run's saved config; drop {given[0] if given else '--config'}."
-            )
+            raise typer.BadParameter(f"`--resume` continues the run's saved config; drop {given[0] if given else '--config'}.")
         saved = cfg.run_path / "config.yaml"
         if saved.is_file():
             cfg = load_config(saved)
@@ -322,6 +320,64 @@ def firmware(
 
 
 @app.command()
+def validate(
+    run: Annotated[Path, typer.Argument(help="A run folder with exports.")],
+    stage: Annotated[str | None, typer.Option(help="Only this export stage.")] = None,
+    min_agreement_fp32: Annotated[float, typer.Option(help="Gate: fp32 top-1 agreement with Keras.")] = 0.999,
+    min_agreement_fp16: Annotated[float, typer.Option(help="Gate: fp16 top-1 agreement with Keras.")] = 0.995,
+    max_int8_drop: Annotated[float, typer.Option(help="Gate: accuracy points int8/dynamic may lose.")] = 1.0,
+    tflm_images: Annotated[int, typer.Option(help="Test images for the TFLite Micro rows (0: none).")] = 200,
+    debug: DebugOpt = False,
+) -> None:
+    """Every exported file on the full test split vs its Keras model; exit 1 if a row fails the gate."""
+    _DEBUG["on"] = debug
+    if tflm_images < 0:
+        raise typer.BadParameter(f"`--tflm-images` must be zero or more; got {tflm_images}.")
+    import_tensorflow()
+    from edgecls.validate import Gate, markdown, run_validate
+
+    gate = Gate(min_agreement_fp32, min_agreement_fp16, max_int8_drop)
+    result = run_validate(run, stage=stage, gate=gate, tflm_images=tflm_images)
+    out.print(markdown(result["rows"]), markup=False, highlight=False)
+    failed = [r for r in result["rows"] if r["status"] != "pass"]
+    if failed:
+        err.print(f"edgecls: validation failed: {len(failed)} of {len(result['rows'])} rows", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    run: Annotated[Path, typer.Argument(help="A run folder with exports.")],
+    device: Annotated[str, typer.Option(help="host, or ssh://user@host[:port].")] = "host",
+    profile: Annotated[str | None, typer.Option(help="Device profile whose budgets to check.")] = None,
+    runs: Annotated[int, typer.Option(help="Timed single-image runs per file.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
+    threads: Annotated[str | None, typer.Option(help="Comma list of thread counts (default 1 and all).")] = None,
+    ssh_key: Annotated[str | None, typer.Option(help="Private key for the SSH device.")] = None,
+    known_hosts: Annotated[str | None, typer.Option(help="known_hosts file for the SSH device.")] = None,
+    remote_python: Annotated[str, typer.Option(help="Python on the device.")] = "python3",
+    debug: DebugOpt = False,
+) -> None:
+    """Latency, throughput and memory of every exported file on a device; exit 1 over a budget."""
+    _DEBUG["on"] = debug
+    try:
+        counts = [int(t) for t in threads.split(",")] if threads else None
+    except ValueError:
+        raise typer.BadParameter(f"`--threads` must be a comma list of integers; got {threads!r}.") from None
+    import_tensorflow()
+    from edgecls.bench import markdown, run_bench
+
+    result = run_bench(
+        run, device=device, profile=profile, runs=runs, warmup=warmup, threads=counts, ssh_key=ssh_key,
+        known_hosts=known_hosts, remote_python=remote_python,
+    )  # fmt: skip
+    out.print(markdown(result), markup=False, highlight=False)
+    if not result["passed"]:
+        err.print(f"edgecls: over budget of profile {profile}", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder.")],
     data: Annotated[str | None, typer.Option(help="Another data source with the same classes.")] = None,
@@ -352,9 +408,7 @@ def models(
     from edgecls.models.stats import model_stats
     from edgecls.models.weights import imagenet_file, keras_cache_dir
 
-    table = Table(
-        "model", "alpha", "alpha range", "blocks", "params", f"MACs @{input_size}px", "ImageNet alphas", "cached"
-    )
+    table = Table("model", "alpha", "alpha range", "blocks", "params", f"MACs @{input_size}px", "ImageNet alphas", "cached")
     for name in list_models():
         spec = SPECS[name]
         classifier, _ = create_model(name, input_size=max(input_size, spec.min_input_size), weights="none")
@@ -385,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to one stderr line and an exit status."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="edgecls", standalone_mode=False)
+        status = command.main(args=argv, prog_name="edgecls", standalone_mode=False)
     except EdgeclsError as exc:
         if _DEBUG["on"]:
             raise
@@ -402,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("edgecls: interrupted; continue with `--resume`", markup=False)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0  # typer.Exit(n) comes back as n
 
 
 def entry() -> None:

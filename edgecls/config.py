@@ -407,9 +407,7 @@ def _build_section(cls: type, values: Any, prefix: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
-            raise ConfigError(
-                f"unknown config key `{prefix}.{key}`; valid keys in `{prefix}` are: {', '.join(sorted(known))}."
-            )
+            raise ConfigError(f"unknown config key `{prefix}.{key}`; valid keys in `{prefix}` are: {', '.join(sorted(known))}.")
     kwargs = {k: _coerce(f"{prefix}.{k}", hints[k], v) for k, v in values.items()}
     return cls(**kwargs)
 

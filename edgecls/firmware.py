@@ -172,9 +172,7 @@ def harness_defines(namespace: str | None, prefix: str) -> list[str]:
     return [f"-DEDGECLS_{key}={scope}{prefix}{name}" for key, name in names.items()]
 
 
-def write_assets(
-    folder: Path, flatbuffer: bytes, info: dict[str, Any], *, namespace: str | None, prefix: str
-) -> list[str]:
+def write_assets(folder: Path, flatbuffer: bytes, info: dict[str, Any], *, namespace: str | None, prefix: str) -> list[str]:
     """Render every template into `folder`; returns the file names."""
     from tflite_micro.python.tflite_micro import _version
 
@@ -220,18 +218,21 @@ PROFILES = Path(__file__).resolve().parent / "profiles"
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """A device profile shipped with edgecls (`edgecls/profiles/<name>.yaml`).
+    """A device profile: a name shipped with edgecls (`edgecls/profiles/<name>.yaml`) or a YAML file.
 
     Raises:
-        ConfigError: no such profile; the message lists the known ones.
+        ConfigError: no such profile (the message lists the shipped ones), or a malformed file.
     """
     import yaml
 
-    path = PROFILES / f"{name}.yaml"
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILES / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
-        raise ConfigError(f"`--device` must be one of {known}; got {name!r}.")
-    return yaml.safe_load(path.read_text())
+        raise ConfigError(f"the device profile must be one of {known} or a YAML file; got {name!r}.")
+    profile = yaml.safe_load(path.read_text())
+    if not isinstance(profile, dict) or profile.get("kind") not in ("mcu", "linux") or "name" not in profile:
+        raise ConfigError(f"profile {path} needs `name` and `kind: mcu|linux`.")
+    return profile
 
 
 def _int8_export(run: RunDir, stage: str | None) -> tuple[str, Path]:
@@ -256,9 +257,9 @@ def check_int8(flatbuffer: bytes, name: str) -> dict[str, Any]:
     Raises:
         ConfigError: a float input or output, or ops TFLM cannot run (all listed).
     """
-    from edgecls.runtimes import litert_interpreter_class
+    from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = litert_interpreter_class()(model_content=flatbuffer)
+    interpreter = Interpreter(model_content=flatbuffer)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     if inp["dtype"] not in (np.int8, np.uint8) or out["dtype"] not in (np.int8, np.uint8):
         raise ConfigError(

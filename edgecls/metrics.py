@@ -28,9 +28,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     n = len(class_names)
     confusion = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
     support = confusion.sum(axis=1)
-    per_class = {
-        name: (float(confusion[i, i] / support[i]) if support[i] else None) for i, name in enumerate(class_names)
-    }
+    per_class = {name: (float(confusion[i, i] / support[i]) if support[i] else None) for i, name in enumerate(class_names)}
     return {
         "test_accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else 0.0,
         "num_test_images": int(len(y_true)),

@@ -184,7 +184,10 @@ def apply_qat(model, *, preserve_sparsity: bool = False, skip_unsupported: bool 
 
 
 def load_stage_model(run: RunDir, stage: str):
-    """The Keras model a finished stage saved (QAT models need TFMOT's scope)."""
+    """The Keras model a finished stage (`finetune`, `prune`, `qat`, `pqat`) saved, and its entry.
+
+    QAT models are loaded inside TFMOT's `quantize_scope`.
+    """
     entry = run.require_stage(stage)
     path = run.file(f"{STAGE_DIRS[stage]}/{MODEL_FILE}") if stage in STAGE_DIRS else run.file("model.keras")
     if not path.exists():
@@ -204,6 +207,19 @@ def _stage_dir(run: RunDir, stage: str, force: bool) -> Path:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
+
+
+def freeze_batchnorm(model) -> None:
+    """Keep every BatchNormalization layer in inference mode (in place, before any TFMOT wrapping).
+
+    Fine-tuning froze them (`train.batchnorm: frozen`); pruning and QAT must not
+    start re-estimating their statistics from small batches either. The clones
+    TFMOT makes keep the flag. (Freezing inside a QuantizeWrapper afterwards
+    would list the BatchNorm weights twice and break saving.)
+    """
+    for layer in model.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=()) -> None:
@@ -295,6 +311,8 @@ def run_optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool = Fal
     for stage in planned_stages(opt):
         if run.stage(stage) is not None and not force:
             _stage_dir(run, stage, force)  # raises the clear error before any work
+    if cfg.train.batchnorm == "frozen":
+        freeze_batchnorm(model)
     if opt.qat:
         apply_qat(model, skip_unsupported=opt.skip_unsupported)  # fail early on unsupported layers
     data_cfg = dataclasses.replace(cfg.data, limit_per_class=opt.limit_per_class or cfg.data.limit_per_class)

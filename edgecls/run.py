@@ -158,9 +158,7 @@ class RunDir:
             raise RunError(f"run folder {self.path} does not exist.")
         entry = self.stage(name)
         if entry is None:
-            raise RunError(
-                f"run {self.path} has no finished `{name}` stage; run `edgecls {name}` first (or `--resume` it)."
-            )
+            raise RunError(f"run {self.path} has no finished `{name}` stage; run `edgecls {name}` first (or `--resume` it).")
         return entry
 
     def check_target(self, *, force: bool, resume: bool, stage: str) -> None:
@@ -226,9 +224,7 @@ class RunDir:
         entry = {
             "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "inputs": inputs,
-            "outputs": {
-                rel: {"bytes": self.file(rel).stat().st_size, "sha256": sha256_file(self.file(rel))} for rel in outputs
-            },
+            "outputs": {rel: {"bytes": self.file(rel).stat().st_size, "sha256": sha256_file(self.file(rel))} for rel in outputs},
             "metrics": metrics,
             "warnings": warnings,
         }

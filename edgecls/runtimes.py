@@ -1,110 +1,129 @@
-"""Runners for exported models: load, describe the input, run a batch of float images.
+"""Runners: one small interface over Keras, LiteRT, ONNX Runtime and TFLite Micro.
 
-Each runner quantizes float inputs and dequantizes outputs itself (scale and
-zero point), so callers always pass preprocessed float32 images and get float
-scores back, whatever the model's I/O types.
+Every runner takes preprocessed float32 images [N, H, W, 3] and returns float
+scores [N, classes]; quantized inputs and outputs (scale, zero point) are
+handled inside. `run(images)` runs a batch, `close()` releases it.
 
-LiteRT is imported as `ai_edge_litert`, falling back to `tflite_runtime` (old
-devices), then to `tensorflow.lite`.
+LiteRT is `ai_edge_litert`, falling back to `tflite_runtime` (old devices), then
+`tensorflow.lite`. The LiteRT and ONNX Runtime runners live in the
+self-contained `edgecls.worker` (it is copied to remote devices as one file);
+`isolated_scores` runs them in a child process so a native crash on a corrupt
+model file becomes an error message, not the end of edgecls.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from edgecls.worker import OnnxModel, TFLiteModel, WorkerError, open_model
 
-def litert_interpreter_class():
-    """The TFLite `Interpreter` class of the first runtime installed."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter
-        except ImportError:
-            from tensorflow.lite import Interpreter
-    return Interpreter
-
-
-def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = detail["dtype"]
-    if dtype == np.float32:
-        return values.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(dtype)
-    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
-
-
-def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
-    if detail["dtype"] == np.float32:
-        return values.astype(np.float32)
-    scale, zero_point = detail["quantization"]
-    return (values.astype(np.float32) - zero_point) * scale
-
-
-class TFLiteRunner:
-    """A .tflite file on LiteRT (XNNPACK delegate as the runtime applies it by default).
-
-    Args:
-        path: The model file.
-        threads: Interpreter threads; None for the runtime's default.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        interpreter_class = litert_interpreter_class()
-        self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self._batch = None
-
-    def _resize(self, batch: int) -> None:
-        if batch != self._batch:
-            shape = [batch, *self.input["shape"][1:]]
-            self.interpreter.resize_tensor_input(self.input["index"], shape)
-            self.interpreter.allocate_tensors()
-            self._batch = batch
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """Float scores [N, classes] for preprocessed float images [N, H, W, 3]."""
-        self._resize(len(images))
-        self.interpreter.set_tensor(self.input["index"], _quantize(images, self.input))
-        self.interpreter.invoke()
-        return _dequantize(self.interpreter.get_tensor(self.output["index"]), self.output)
-
-
-class OnnxRunner:
-    """An .onnx file on ONNX Runtime (CPU).
-
-    Args:
-        path: The model file.
-        threads: Intra-op threads; None for the runtime's default.
-    """
-
-    def __init__(self, path: str | Path, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """Float scores [N, classes] for preprocessed float images [N, H, W, 3]."""
-        return self.session.run(None, {self.input_name: images.astype(np.float32)})[0]
+__all__ = [
+    "KerasRunner", "OnnxModel", "TFLMRunner", "TFLiteModel", "WorkerError", "isolated_scores", "open_runner", "predict",
+]  # fmt: skip
 
 
 def open_runner(path: str | Path, threads: int | None = None):
-    """A runner for `path`, chosen by its suffix (.tflite or .onnx)."""
-    suffix = Path(path).suffix
-    if suffix == ".tflite":
-        return TFLiteRunner(path, threads)
-    if suffix == ".onnx":
-        return OnnxRunner(path, threads)
-    raise ValueError(f"no runner for {path}: expected .tflite or .onnx")
+    """A LiteRT or ONNX Runtime runner for `path`, chosen by its suffix."""
+    return open_model(str(path), threads)
+
+
+class KerasRunner:
+    """The reference: a tf-keras model."""
+
+    runtime = "keras"
+
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        return self.model.predict(images, batch_size=128, verbose=0)
+
+    def close(self) -> None:
+        self.model = None
+
+
+class TFLMRunner:
+    """An int8 .tflite file on the TFLite Micro interpreter (reference kernels, host build).
+
+    Args:
+        path: The model file.
+        arena: Tensor arena in bytes; default 10x the file size (TFLM's own heuristic).
+    """
+
+    runtime = "tflite-micro"
+
+    def __init__(self, path: str | Path, arena: int | None = None):
+        from tflite_micro.python.tflite_micro import runtime
+
+        data = Path(path).read_bytes()
+        self.interpreter = runtime.Interpreter.from_bytes(data, arena_size=arena or 10 * len(data))
+        self.input = self.interpreter.get_input_details(0)
+        self.output = self.interpreter.get_output_details(0)
+
+    def _params(self, detail):
+        params = detail["quantization_parameters"]
+        return float(params["scales"][0]), int(params["zero_points"][0])
+
+    def run(self, images: np.ndarray) -> np.ndarray:
+        scale, zero = self._params(self.input)
+        info = np.iinfo(self.input["dtype"])
+        out_scale, out_zero = self._params(self.output)
+        scores = []
+        for image in images:
+            data = np.clip(np.round(image / scale + zero), info.min, info.max).astype(self.input["dtype"])
+            self.interpreter.set_input(data[None], 0)
+            self.interpreter.invoke()
+            raw = np.array(self.interpreter.get_output(0), dtype=np.float32)[0]
+            scores.append((raw - out_zero) * out_scale)
+        return np.stack(scores)
+
+    def close(self) -> None:
+        self.interpreter = None
 
 
 def predict(runner, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Scores of `runner` over preprocessed float images, in batches."""
     return np.concatenate([runner.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def isolated_scores(path: str | Path, images: np.ndarray, *, mode: str, timeout: float = 1800) -> np.ndarray:
+    """Scores of a .tflite/.onnx file for uint8 images, computed in a child Python process.
+
+    Raises:
+        WorkerError: the runtime refused the file, or the child crashed (the
+            signal is named) or timed out.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        source, target = Path(folder) / "images.npy", Path(folder) / "scores.npy"
+        np.save(source, images)
+        command = [
+            sys.executable,
+            "-m",
+            "edgecls.worker",
+            "scores",
+            str(path),
+            str(source),
+            str(target),
+            "--mode",
+            mode,
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise WorkerError(f"the runtime did not finish within {timeout:.0f} s") from None
+        if done.returncode < 0:
+            import signal
+
+            raise WorkerError(f"the runtime crashed ({signal.Signals(-done.returncode).name}) on this file")
+        lines = done.stdout.strip().splitlines()
+        result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+        if done.returncode != 0 or "error" in result:
+            detail = result.get("error") or (done.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise WorkerError(detail[:300])
+        return np.load(target)

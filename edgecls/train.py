@@ -109,9 +109,7 @@ def make_schedule(cfg: TrainConfig, phase: Phase, steps_per_epoch: int):
     if cfg.schedule == "constant":
         return phase.lr
     if cfg.schedule == "step":
-        return schedules.PiecewiseConstantDecay(
-            [int(steps * 0.5), int(steps * 0.75)], [phase.lr, phase.lr * 0.1, phase.lr * 0.01]
-        )
+        return schedules.PiecewiseConstantDecay([int(steps * 0.5), int(steps * 0.75)], [phase.lr, phase.lr * 0.1, phase.lr * 0.01])
     ramp = steps // 20 if phase.name == "finetune" else 0  # 5 % linear ramp after unfreezing
     if ramp:
         return schedules.CosineDecay(0.0, steps - ramp, warmup_target=phase.lr, warmup_steps=ramp)
@@ -121,9 +119,7 @@ def make_schedule(cfg: TrainConfig, phase: Phase, steps_per_epoch: int):
 def make_optimizer(cfg: TrainConfig, schedule):
     """AdamW or Nesterov SGD with decoupled weight decay (biases and BatchNorm excluded)."""
     if cfg.optimizer == "sgd":
-        optimizer = tf_keras.optimizers.SGD(
-            schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None
-        )
+        optimizer = tf_keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
     else:
         optimizer = tf_keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])

@@ -93,3 +93,32 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="session")
+def tiny_exported_run(tmp_path_factory):
+    """A run of MobileNet v1 0.25 at 32 px on generated images, exported to fp32 and int8 TFLite and ONNX.
+
+    Session-wide and read-only: tests that change it work on a copy.
+    """
+    from edgecls.config import ExportConfig, load_config
+    from edgecls.export import run_export
+    from edgecls.train import run_finetune
+
+    root = tmp_path_factory.mktemp("tiny_exported")
+    images = make_image_folder(root / "images", train=12, test=6)
+    cfg = load_config(
+        overrides={
+            "data.source": str(images),
+            "data.batch_size": 8,
+            "model.weights": "none",
+            "model.input_size": 32,
+            "train.strategy": "full",
+            "train.epochs": 2,
+            "run.runs_dir": str(root),
+            "run.name": "tiny",
+        }
+    )
+    run_finetune(cfg)
+    run_export(root / "tiny", ExportConfig(calibration_samples=12, check_per_class=6))
+    return root / "tiny"

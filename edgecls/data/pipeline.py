@@ -143,11 +143,7 @@ def train_dataset(
             batch = augment_batch(batch, augment, batch_seed)
         return preprocess(batch, mode), tf.one_hot(tf.gather(labels_t, index), num_classes)
 
-    indices = (
-        tf.data.Dataset.range(len(images))
-        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-    )
+    indices = tf.data.Dataset.range(len(images)).shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     # One stateless seed pair per batch, new every epoch and reproducible from `seed`.
     batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     return (

@@ -97,9 +97,7 @@ def list_source(source: str) -> Source:
         return _from_listing(str(path), files, "path", fingerprint)
     name = path.name.lower()
     if not name.endswith(ARCHIVE_SUFFIXES):
-        raise DataError(
-            f"data source {source} is a file but not an archive: use a folder or a {'/'.join(ARCHIVE_SUFFIXES)} file."
-        )
+        raise DataError(f"data source {source} is a file but not an archive: use a folder or a {'/'.join(ARCHIVE_SUFFIXES)} file.")
     from edgecls.run import sha256_file
 
     files = _read_zip(path) if name.endswith(".zip") else _read_tar(path)
@@ -166,12 +164,7 @@ def _strip_wrapper(files: list[tuple[str, object]]) -> list[tuple[tuple[str, ...
     while True:
         files_only = [parts for parts, _, is_dir in entries if not is_dir]
         tops = {parts[0] for parts, _, _ in entries}
-        if (
-            len(tops) == 1
-            and files_only
-            and all(len(p) >= 3 for p in files_only)
-            and next(iter(tops)) not in SPLIT_NAMES
-        ):
+        if len(tops) == 1 and files_only and all(len(p) >= 3 for p in files_only) and next(iter(tops)) not in SPLIT_NAMES:
             entries = [(p[1:], item, d) for p, item, d in entries if len(p) > 1]
         else:
             return [(parts, item) for parts, item, is_dir in entries if not is_dir] + [

@@ -45,13 +45,6 @@ def _float_parent(run: RunDir, stage: str) -> str:
     return run.require_stage(stage)["inputs"]["parent"] if stage in QAT_STAGES else stage
 
 
-def _load_model(run: RunDir, stage: str):
-    from edgecls.metrics import load_run_model
-    from edgecls.optimize import load_stage_model
-
-    return load_run_model(run.path)[0] if stage == "finetune" else load_stage_model(run, stage)[0]
-
-
 def _metadata(recorded: dict[str, Any], precision: str, source_stage: str) -> dict[str, Any]:
     model = recorded["model"]
     normalization = (
@@ -151,6 +144,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
     from edgecls.metrics import predict_scores
+    from edgecls.optimize import load_stage_model
 
     run = RunDir(run_path)
     stage = choose_stage(run, cfg.stage)
@@ -172,10 +166,10 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
     data_cfg = DataConfig(**{**recorded["data_config"], "test_limit_per_class": cfg.check_per_class})
     check, class_names = load_split(data_cfg, size, recorded["seed"], "test")
     check_images = preprocess_numpy(check.images, mode)
-    models = {stage: _load_model(run, stage)}
+    models = {stage: load_stage_model(run, stage)[0]}
     parent = _float_parent(run, stage)
     if qat and any(p != "int8" for _, p in plan):
-        models[parent] = _load_model(run, parent)
+        models[parent] = load_stage_model(run, parent)[0]
 
     final = run.file(f"export/{stage}")
     tmp = run.file(f"export/.{stage}.tmp")

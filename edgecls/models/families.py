@@ -15,9 +15,7 @@ def mobilenet(input_size: int, alpha: float, weights: str | None):
     """MobileNet v1, `keras.applications.MobileNet`."""
     import tf_keras
 
-    return tf_keras.applications.MobileNet(
-        input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False, weights=weights
-    )
+    return tf_keras.applications.MobileNet(input_shape=(input_size, input_size, 3), alpha=alpha, include_top=False, weights=weights)
 
 
 @register_model("mobilenet_v2")

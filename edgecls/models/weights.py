@@ -126,9 +126,7 @@ def _from_file(builder: Callable, cfg: ModelConfig) -> tuple[Any, dict[str, Any]
         backbone.load_weights(cfg.weights)
     except (ValueError, OSError, KeyError, TypeError) as exc:
         reason = str(exc).splitlines()[0][:200]
-        raise WeightsError(
-            f"weights file {cfg.weights} does not fit {cfg.name} (alpha {cfg.alpha}): {reason}"
-        ) from None
+        raise WeightsError(f"weights file {cfg.weights} does not fit {cfg.name} (alpha {cfg.alpha}): {reason}") from None
     return backbone, {"source": "file", "path": str(cfg.weights), "sha256": sha256_file(cfg.weights)}, []
 
 

@@ -182,9 +182,7 @@ def test_real_images_parity_and_qat_int8(tmp_path, shared_cifar, keras_home):
     entry = run_export(tmp_path / "real", ExportConfig(stage="qat", check_per_class=20))
     rows = rows_by_file(entry)
     assert entry["metrics"]["calibration"] is None, "QAT int8 needs no calibration set"
-    assert (
-        rows["model_int8.tflite"]["source_stage"] == "qat" and rows["model_fp32.tflite"]["source_stage"] == "finetune"
-    )
+    assert rows["model_int8.tflite"]["source_stage"] == "qat" and rows["model_fp32.tflite"]["source_stage"] == "finetune"
     assert (rows["model_int8.tflite"]["input_dtype"], rows["model_int8.tflite"]["weight_dtypes"]) == ("int8", ["int8"])
     for name in ("model_int8.tflite", "model_int8.onnx"):
         assert rows[name]["check_accuracy"] >= rows[name]["keras_check_accuracy"] - 0.15, name

@@ -62,9 +62,7 @@ def gpp():
 def test_host_harness_passes(firmware_run, tmp_path, gpp):
     run, entry = firmware_run
     folder = run.file("firmware/finetune")
-    result = compile_and_run(
-        folder, entry["metrics"]["harness_defines"], run.file("export/finetune/model_int8.tflite"), tmp_path
-    )
+    result = compile_and_run(folder, entry["metrics"]["harness_defines"], run.file("export/finetune/model_int8.tflite"), tmp_path)
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith("OK: ")
 
@@ -145,7 +143,7 @@ def test_bad_inputs(firmware_run, tmp_path, capsys):
     float_model = copy / "export/finetune/model_fp32.tflite"
     cases = [
         (["--model", float_model], "has float32 input and float32 output; TFLM firmware needs the full-integer"),
-        (["--device", "esp32"], "`--device` must be one of cortex-m4-nrf52840, cortex-m7-stm32h747"),
+        (["--device", "esp32"], "the device profile must be one of cortex-m4-nrf52840, cortex-m7-stm32h747"),
         (["--stage", "qat"], "has no int8 TFLite model"),
         (["--namespace", "1bad"], "`--namespace` must be a C++ identifier"),
         ([], "already has firmware assets for `finetune`; pass `--force`"),

@@ -131,9 +131,7 @@ def test_preprocess_matches_keras_applications():
     import tf_keras
 
     pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)).astype(np.float32)
-    np.testing.assert_allclose(
-        preprocess(pixels, "tf"), tf_keras.applications.mobilenet.preprocess_input(pixels.copy()), atol=1e-6
-    )
+    np.testing.assert_allclose(preprocess(pixels, "tf"), tf_keras.applications.mobilenet.preprocess_input(pixels.copy()), atol=1e-6)
     np.testing.assert_allclose(
         preprocess(pixels, "caffe"), tf_keras.applications.resnet50.preprocess_input(pixels.copy()), atol=1e-4
     )

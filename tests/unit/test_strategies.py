@@ -37,11 +37,7 @@ def test_partial_unfreezes_top_blocks_but_not_batchnorm(model):
 
 def test_full_unfreezes_every_conv(model):
     set_trainable(model, "mobilenet", "full", unfreeze=1, batchnorm="frozen")
-    convs = {
-        layer.name
-        for layer in model.layers
-        if isinstance(layer, (tf_keras.layers.Conv2D, tf_keras.layers.DepthwiseConv2D))
-    }
+    convs = {layer.name for layer in model.layers if isinstance(layer, (tf_keras.layers.Conv2D, tf_keras.layers.DepthwiseConv2D))}
     assert trainable_names(model) == convs | {"predictions"}
     set_trainable(model, "mobilenet", "full", unfreeze=1, batchnorm="train")
     assert "conv1_bn" in trainable_names(model)
@@ -62,9 +58,7 @@ def test_unfreeze_beyond_blocks(model):
 
 
 def test_phase_plan():
-    assert [(p.name, p.start, p.end, p.lr) for p in plan_phases(TrainConfig(strategy="frozen", epochs=3))] == [
-        ("head", 0, 3, 1e-2)
-    ]
+    assert [(p.name, p.start, p.end, p.lr) for p in plan_phases(TrainConfig(strategy="frozen", epochs=3))] == [("head", 0, 3, 1e-2)]
     phases = plan_phases(TrainConfig(strategy="partial", epochs=5, warmup_epochs=2, lr=1e-4))
     assert [(p.name, p.start, p.end, p.lr, p.strategy) for p in phases] == [
         ("head", 0, 2, 1e-2, "frozen"),

@@ -1,0 +1,111 @@
+"""`edgecls validate`: the parity table, the gate's exit status, and corrupt files as failing rows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from edgecls.validate import Gate
+
+pytestmark = pytest.mark.slow
+
+
+def test_gate_rules():
+    gate = Gate()
+    assert gate.judge("fp32", 1.0, -3.0) is None
+    assert gate.judge("fp32", 0.998, 0.0) == "agreement 0.9980 < 0.999"
+    assert gate.judge("fp16", 0.996, 0.0) is None
+    assert gate.judge("int8", 0.5, -0.9) is None
+    assert gate.judge("int8", 0.99, -1.2) == "accuracy -1.20 pp vs Keras, allowed -1.0"
+    assert Gate(int8_max_drop_pp=2.0).judge("dynamic", 0.9, -1.5) is None
+
+
+def test_parity_table(tiny_exported_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_exported_run, run)
+    code, out, err = run_cli(["validate", run, "--max-int8-drop", "100", "--tflm-images", "9"], capsys)
+    assert code == 0, err
+    result = json.loads((run / "validate.json").read_text())
+    rows = {(r["artifact"], r["runtime"]): r for r in result["rows"]}
+    assert set(rows) == {
+        ("model_fp32.tflite", "litert"), ("model_int8.tflite", "litert"), ("model_int8.tflite", "tflite-micro"),
+        ("model_fp32.onnx", "onnxruntime"), ("model_int8.onnx", "onnxruntime"),
+    }  # fmt: skip
+    for key in (("model_fp32.tflite", "litert"), ("model_fp32.onnx", "onnxruntime")):
+        assert rows[key]["agreement"] == 1.0 and rows[key]["max_abs_error"] < 1e-4
+        assert rows[key]["delta_pp"] == 0.0 and rows[key]["status"] == "pass"
+        assert rows[key]["images"] == 18
+    assert rows[("model_int8.tflite", "tflite-micro")]["images"] == 9
+    int8 = rows[("model_int8.tflite", "litert")]
+    assert int8["accuracy"] == pytest.approx(int8["keras_accuracy"] + int8["delta_pp"] / 100)
+    assert 0 < int8["mean_abs_error"] <= int8["max_abs_error"] <= 1
+    assert "| model_fp32.onnx | finetune | onnxruntime | fp32 |" in (run / "validate.md").read_text()
+    assert "model_int8.onnx" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "reason"),
+    [
+        ("model_int8.tflite", lambda b: b[: len(b) // 2], "LiteRT cannot load"),
+        ("model_fp32.tflite", lambda b: b[:64], "LiteRT cannot load"),
+        ("model_fp32.tflite", lambda b: b"", "missing or empty file"),
+        ("model_fp32.tflite", lambda b: bytes(reversed(b)), "not a TFLite flatbuffer"),
+        ("model_fp32.onnx", lambda b: b[: len(b) // 3], "not a valid ONNX model"),
+        ("model_int8.onnx", lambda b: b"\x08\x07" + b"\xff" * 40, "not a valid ONNX model"),
+    ],
+)
+def test_corrupt_files_fail_their_row(tiny_exported_run, tmp_path, capsys, name, damage, reason):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_exported_run, run)
+    path = run / "export" / "finetune" / name
+    path.write_bytes(damage(path.read_bytes()))
+    code, out, err = run_cli(["validate", run, "--max-int8-drop", "100", "--tflm-images", "0"], capsys)
+    assert code == 1, err
+    assert "validation failed: 1 of 4 rows" in err
+    rows = json.loads((run / "validate.json").read_text())["rows"]
+    broken = [r for r in rows if r["status"] == "fail"]
+    assert [r["artifact"] for r in broken] == [name]
+    assert reason in broken[0]["reason"], broken[0]["reason"]
+
+
+def test_nothing_to_validate(tmp_path, capsys):
+    code, out, err = run_cli(["validate", tmp_path / "none"], capsys)
+    assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.shared
+def test_gate_passes_good_and_fails_wrongly_calibrated_int8(tmp_path, shared_cifar, keras_home, capsys):
+    import tensorflow as tf
+
+    from edgecls.config import ExportConfig, load_config
+    from edgecls.export import run_export
+    from edgecls.export import tflite as tflite_export
+    from edgecls.optimize import load_stage_model
+    from edgecls.run import RunDir
+    from edgecls.train import run_finetune
+
+    cfg = load_config(
+        overrides={
+            "data.source": str(shared_cifar), "data.limit_per_class": 100, "data.test_limit_per_class": 30,
+            "train.strategy": "frozen", "train.epochs": 1, "run.runs_dir": str(tmp_path), "run.name": "gate",
+        }
+    )  # fmt: skip
+    run_finetune(cfg)
+    run_export(tmp_path / "gate", ExportConfig(formats=("tflite",), calibration_samples=100, check_per_class=10))
+    args = ["validate", tmp_path / "gate", "--max-int8-drop", "5", "--tflm-images", "0"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, out + err
+
+    model, _ = load_stage_model(RunDir(tmp_path / "gate"), "finetune")
+    wrong = np.full((1, 128, 128, 3), 0.01, np.float32)  # calibrated on a flat grey image: ranges far too narrow
+    flatbuffer = tflite_export.convert(model, "int8", representative=lambda: iter([[wrong]] * 20))
+    (tmp_path / "gate/export/finetune/model_int8.tflite").write_bytes(flatbuffer)
+    code, out, err = run_cli(args, capsys)
+    assert code == 1, out
+    row = next(r for r in json.loads((tmp_path / "gate/validate.json").read_text())["rows"] if r["precision"] == "int8")
+    assert row["status"] == "fail" and row["delta_pp"] < -5
+    del tf
