@@ -41,11 +41,7 @@ def today() -> str:
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section between `<!-- name:begin -->` and `<!-- name:end -->`."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = (
-        DOC.read_text()
-        if DOC.exists()
-        else "# Benchmarks\n\nEvery number here comes with the command that produced it.\n"
-    )
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nEvery number here comes with the command that produced it.\n"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"

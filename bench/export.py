@@ -81,8 +81,7 @@ def calibration_study(run: Path, images, labels, recorded) -> list[str]:
     model, _ = load_run_model(run)
     source = recorded["data_config"]["source"]
     lines = [
-        "| calibration images | TFLite int8 accuracy | ONNX int8 (MinMax) | ONNX int8 (Entropy)"
-        " | ONNX int8 (Percentile) |",
+        "| calibration images | TFLite int8 accuracy | ONNX int8 (MinMax) | ONNX int8 (Entropy) | ONNX int8 (Percentile) |",
         "|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as folder:

@@ -83,11 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     if not CIFAR_JPEG.exists():
         sys.exit(f"bench/finetune.py needs {CIFAR_JPEG} (set EDGECLS_SHARED)")
-    rows = (
-        []
-        if args.only == "throughput"
-        else [run_strategy(n, e, args.epochs, args.runs_dir) for n, e in STRATEGIES.items()]
-    )
+    rows = [] if args.only == "throughput" else [run_strategy(n, e, args.epochs, args.runs_dir) for n, e in STRATEGIES.items()]
     speed = None if args.only == "strategies" else throughput()
     lines = [
         "## Fine-tuning (`edgecls finetune`, issue 2)",
@@ -119,8 +115,7 @@ def main() -> None:
             "| input | images/s | ratio to plain fit |",
             "|---|---|---|",
             f"| plain `model.fit` on preprocessed float32 NumPy arrays | {speed['plain']:.0f} | 1.00 |",
-            f"| edgecls tf.data pipeline, no augmentation | {speed['pipeline']:.0f} |"
-            f" {speed['pipeline'] / speed['plain']:.2f} |",
+            f"| edgecls tf.data pipeline, no augmentation | {speed['pipeline']:.0f} | {speed['pipeline'] / speed['plain']:.2f} |",
             f"| edgecls tf.data pipeline, crop+flip augmentation (default) | {speed['pipeline_aug']:.0f} |"
             f" {speed['pipeline_aug'] / speed['plain']:.2f} |",
         ]

@@ -65,8 +65,7 @@ def main() -> None:
         )
     lines += [
         "",
-        "Zeros in the int8 TFLite weights of the PQAT model: see the export section"
-        " (`int8_weight_sparsity` in export.json).",
+        "Zeros in the int8 TFLite weights of the PQAT model: see the export section (`int8_weight_sparsity` in export.json).",
     ]
     write_section("optimize", "\n".join(lines))
     print("\n".join(lines))

@@ -7,7 +7,6 @@ traceback. Results go to stdout, diagnostics to stderr.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -34,28 +33,12 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: section.key=value.")]
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Silence C++ start-up chatter (oneDNN, CUDA probing) while TensorFlow is imported."""
-    if _DEBUG["on"]:
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def import_tensorflow() -> None:
     """Import TensorFlow once, quietly (its log level defaults to errors only)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with _native_stderr_silenced():
+    from edgecls.run import quiet_native_stderr
+
+    with quiet_native_stderr(enabled=not _DEBUG["on"]):
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")

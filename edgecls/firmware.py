@@ -17,11 +17,7 @@ a safety margin (default 10 %) is added on top and both numbers are reported.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import string
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,7 @@ import numpy as np
 
 from edgecls import __version__
 from edgecls.errors import ConfigError, RunError, StageError
-from edgecls.run import RunDir, atomic_write_json, atomic_write_text, sha256_file
+from edgecls.run import RunDir, atomic_write_json, atomic_write_text, quiet_native_stderr, sha256_file, staged_folder
 
 ASSETS = Path(__file__).resolve().parents[1] / "firmware_assets"
 MAX_ARENA = 64 << 20
@@ -58,20 +54,6 @@ TFLM_OPS = {
 }
 
 
-@contextlib.contextmanager
-def _quiet_native_stderr():
-    """TFLM prints every failed allocation of the search to stderr; hide them."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def model_ops(flatbuffer: bytes) -> list[str]:
     """Builtin op names the model uses, sorted."""
     from tensorflow.lite.python import schema_py_generated as schema
@@ -95,7 +77,7 @@ def _tflm(flatbuffer: bytes, arena: int):
 
 def fits(flatbuffer: bytes, arena: int) -> bool:
     """True if the model allocates and invokes (on a zero input) with `arena` bytes."""
-    with _quiet_native_stderr():
+    with quiet_native_stderr():
         try:
             interpreter = _tflm(flatbuffer, arena)
             detail = interpreter.get_input_details(0)
@@ -337,7 +319,7 @@ def run_firmware(
     split, _ = load_split(data_cfg, recorded["model"]["input_size"], recorded["seed"], "test")
     pick = np.arange(len(split))[:parity_images]
     inputs = _quantize_input(preprocess_numpy(split.images[pick], recorded["model"]["preprocessing"]), details["input"])
-    with _quiet_native_stderr():
+    with quiet_native_stderr():
         micro = tflm_scores(flatbuffer, arena, inputs)
     lite = litert_scores(flatbuffer, inputs)
     difference = np.abs(micro.astype(np.int32) - lite.astype(np.int32))
@@ -375,10 +357,7 @@ def run_firmware(
             "margin_percent": round(margin * 100),
         },
     }
-    final, tmp = run.file(f"firmware/{stage}"), run.file(f"firmware/.{stage}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(run.file(f"firmware/{stage}")) as tmp:
         files = write_assets(tmp, flatbuffer, info, namespace=namespace, prefix=prefix)
         summary = {
             "stage": stage,
@@ -402,12 +381,6 @@ def run_firmware(
                 "ram_ok": arena <= profile["ram_bytes"],
             }
         atomic_write_json(tmp / "firmware.json", summary)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.replace(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     outputs = [f"firmware/{stage}/{name}" for name in [*files, "firmware.json"]]
     return run.record_stage(key, seed=recorded["seed"], inputs={"model": info["source"]}, outputs=outputs,
                             metrics=summary, warnings=[])  # fmt: skip

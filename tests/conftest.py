@@ -95,30 +95,33 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-@pytest.fixture(scope="session")
-def tiny_exported_run(tmp_path_factory):
-    """A run of MobileNet v1 0.25 at 32 px on generated images, exported to fp32 and int8 TFLite and ONNX.
-
-    Session-wide and read-only: tests that change it work on a copy.
-    """
-    from edgecls.config import ExportConfig, load_config
-    from edgecls.export import run_export
+def finetune_tiny(root: Path, *, train: int = 12, test: int = 6, **overrides) -> Path:
+    """Fine-tune MobileNet v1 0.25 at 32 px (random init, 2 epochs) on generated images into root/tiny."""
+    from edgecls.config import load_config
     from edgecls.train import run_finetune
 
-    root = tmp_path_factory.mktemp("tiny_exported")
-    images = make_image_folder(root / "images", train=12, test=6)
-    cfg = load_config(
-        overrides={
-            "data.source": str(images),
-            "data.batch_size": 8,
-            "model.weights": "none",
-            "model.input_size": 32,
-            "train.strategy": "full",
-            "train.epochs": 2,
-            "run.runs_dir": str(root),
-            "run.name": "tiny",
-        }
-    )
-    run_finetune(cfg)
-    run_export(root / "tiny", ExportConfig(calibration_samples=12, check_per_class=6))
+    images = make_image_folder(root / "images", train=train, test=test)
+    values = {
+        "data.source": str(images),
+        "data.batch_size": 8,
+        "model.weights": "none",
+        "model.input_size": 32,
+        "train.strategy": "full",
+        "train.epochs": 2,
+        "run.runs_dir": str(root),
+        "run.name": "tiny",
+        **overrides,
+    }
+    run_finetune(load_config(overrides=values))
     return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_exported_run(tmp_path_factory):
+    """A tiny run exported to fp32 and int8 TFLite and ONNX. Session-wide and read-only: copy it to change it."""
+    from edgecls.config import ExportConfig
+    from edgecls.export import run_export
+
+    run = finetune_tiny(tmp_path_factory.mktemp("tiny_exported"))
+    run_export(run, ExportConfig(calibration_samples=12, check_per_class=6))
+    return run

@@ -16,7 +16,6 @@ parent stage's float model and say so (`source_stage`).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import numpy as np
 from edgecls import __version__
 from edgecls.config import ExportConfig
 from edgecls.errors import RunError
-from edgecls.run import RunDir, atomic_write_json, atomic_write_text, sha256_file
+from edgecls.run import RunDir, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
 QAT_STAGES = ("qat", "pqat")
 STAGE_ORDER = ("pqat", "qat", "prune", "finetune")
@@ -172,10 +171,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
         models[parent] = load_stage_model(run, parent)[0]
 
     final = run.file(f"export/{stage}")
-    tmp = run.file(f"export/.{stage}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with staged_folder(final) as tmp:
         rows = []
         for fmt, precision in plan:
             source_stage = stage if (precision == "int8" or not qat) else parent
@@ -218,12 +214,6 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
             "artifacts": rows,
         }
         atomic_write_json(tmp / "export.json", summary)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.replace(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     outputs = sorted(str(p.relative_to(run.path)) for p in final.iterdir())
     return run.record_stage(
         key, seed=recorded["seed"], inputs={"stage": stage, "export_config": _plain(cfg)}, outputs=outputs,

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, run_cli
+from conftest import finetune_tiny, make_image_folder, run_cli
 from edgecls.run import RunDir
 
 pytestmark = pytest.mark.slow
@@ -17,28 +17,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A tiny fine-tuned run, exported to fp32, fp16, dynamic and int8 TFLite and fp32/int8 ONNX."""
-    from edgecls.config import ExportConfig, load_config
+    from edgecls.config import ExportConfig
     from edgecls.export import run_export
-    from edgecls.train import run_finetune
 
-    root = tmp_path_factory.mktemp("export")
-    images = make_image_folder(root / "images", train=16, test=6)
-    cfg = load_config(
-        overrides={
-            "data.source": str(images),
-            "data.batch_size": 8,
-            "model.weights": "none",
-            "model.input_size": 32,
-            "train.strategy": "full",
-            "train.epochs": 2,
-            "run.runs_dir": str(root),
-            "run.name": "tiny",
-        }
-    )
-    run_finetune(cfg)
+    run = finetune_tiny(tmp_path_factory.mktemp("export"), train=16)
     export = ExportConfig(precisions=("fp32", "fp16", "dynamic", "int8"), calibration_samples=12, check_per_class=6)
-    entry = run_export(root / "tiny", export)
-    return RunDir(root / "tiny"), entry
+    return RunDir(run), run_export(run, export)
 
 
 def rows_by_file(entry):

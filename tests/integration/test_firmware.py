@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import ROOT, make_image_folder, run_cli
+from conftest import ROOT, finetune_tiny, run_cli
 from edgecls.run import RunDir
 
 pytestmark = pytest.mark.slow
@@ -19,29 +19,14 @@ HARNESS = ROOT / "firmware_assets" / "host_harness"
 @pytest.fixture(scope="module")
 def firmware_run(tmp_path_factory):
     """A tiny run exported to int8 and turned into firmware assets."""
-    from edgecls.config import ExportConfig, load_config
+    from edgecls.config import ExportConfig
     from edgecls.export import run_export
     from edgecls.firmware import run_firmware
-    from edgecls.train import run_finetune
 
-    root = tmp_path_factory.mktemp("firmware")
-    images = make_image_folder(root / "images", train=12, test=6)
-    cfg = load_config(
-        overrides={
-            "data.source": str(images),
-            "data.batch_size": 8,
-            "model.weights": "none",
-            "model.input_size": 32,
-            "train.strategy": "full",
-            "train.epochs": 2,
-            "run.runs_dir": str(root),
-            "run.name": "tiny",
-        }
-    )
-    run_finetune(cfg)
-    run_export(root / "tiny", ExportConfig(formats=("tflite",), calibration_samples=12, check_per_class=6))
-    entry = run_firmware(root / "tiny", parity_images=18, device="cortex-m4-nrf52840")
-    return RunDir(root / "tiny"), entry
+    run = finetune_tiny(tmp_path_factory.mktemp("firmware"))
+    run_export(run, ExportConfig(formats=("tflite",), calibration_samples=12, check_per_class=6))
+    entry = run_firmware(run, parity_images=18, device="cortex-m4-nrf52840")
+    return RunDir(run), entry
 
 
 def compile_and_run(folder, defines, tflite, tmp_path) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, run_cli
+from conftest import finetune_tiny, run_cli
 from edgecls.run import RunDir
 
 pytestmark = pytest.mark.slow
@@ -16,26 +16,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A finished fine-tuning run of MobileNet v1 0.25 at 32 px on generated images."""
-    from edgecls.config import load_config
-    from edgecls.train import run_finetune
-
-    root = tmp_path_factory.mktemp("optimize")
-    images = make_image_folder(root / "images", train=16, test=4)
-    cfg = load_config(
-        overrides={
-            "data.source": str(images),
-            "data.batch_size": 8,
-            "model.weights": "none",
-            "model.input_size": 32,
-            "train.strategy": "frozen",
-            "train.epochs": 1,
-            "run.runs_dir": str(root),
-            "run.name": "tiny",
-        }
-    )
-    run_finetune(cfg)
-    return root / "tiny"
+    """A finished fine-tuning run of MobileNet v1 0.25 at 32 px on generated images (frozen, 1 epoch)."""
+    return finetune_tiny(tmp_path_factory.mktemp("optimize"), train=16, test=4, **{"train.strategy": "frozen", "train.epochs": 1})
 
 
 @pytest.fixture

@@ -90,13 +90,14 @@ def test_gate_passes_good_and_fails_wrongly_calibrated_int8(tmp_path, shared_cif
 
     cfg = load_config(
         overrides={
-            "data.source": str(shared_cifar), "data.limit_per_class": 100, "data.test_limit_per_class": 30,
-            "train.strategy": "frozen", "train.epochs": 1, "run.runs_dir": str(tmp_path), "run.name": "gate",
+            "data.source": str(shared_cifar), "data.limit_per_class": 200, "data.test_limit_per_class": 30,
+            "train.strategy": "frozen", "train.epochs": 2, "run.runs_dir": str(tmp_path), "run.name": "gate",
         }
     )  # fmt: skip
     run_finetune(cfg)
     run_export(tmp_path / "gate", ExportConfig(formats=("tflite",), calibration_samples=100, check_per_class=10))
-    args = ["validate", tmp_path / "gate", "--max-int8-drop", "5", "--tflm-images", "0"]
+    # a 2-epoch head on 2,000 images has near-tied scores: int8 may cost a few points; a broken one costs tens
+    args = ["validate", tmp_path / "gate", "--max-int8-drop", "8", "--tflm-images", "0"]
     code, out, err = run_cli(args, capsys)
     assert code == 0, out + err
 
@@ -107,5 +108,5 @@ def test_gate_passes_good_and_fails_wrongly_calibrated_int8(tmp_path, shared_cif
     code, out, err = run_cli(args, capsys)
     assert code == 1, out
     row = next(r for r in json.loads((tmp_path / "gate/validate.json").read_text())["rows"] if r["precision"] == "int8")
-    assert row["status"] == "fail" and row["delta_pp"] < -5
+    assert row["status"] == "fail" and row["delta_pp"] < -8
     del tf
