@@ -181,3 +181,29 @@ def test_real_cifar_archive_layout(shared_cifar):
 def test_make_image_folder_sizes_are_mixed(tmp_path):
     root = make_image_folder(tmp_path / "x", train=4, test=1)
     assert len(list((root / "train").rglob("*.*"))) == 12
+
+
+def test_keras_cifar10_offline_error_says_how_to_pass_a_local_copy(monkeypatch):
+    import tf_keras
+
+    def offline():
+        raise Exception("URL fetch failure on https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz: None -- [Errno -2]")
+
+    monkeypatch.setattr(tf_keras.datasets.cifar10, "load_data", offline)
+    with pytest.raises(DataError) as info:
+        list_source("cifar10")
+    message = str(info.value)
+    assert message.startswith("could not load CIFAR-10 through Keras (offline?): URL fetch failure")
+    assert "Pass a local copy with `--data PATH`" in message
+
+
+def test_keras_cifar10_when_cached(monkeypatch):
+    import tf_keras
+
+    pixels = np.zeros((20, 32, 32, 3), np.uint8)
+    labels = (np.arange(20) % 10).reshape(-1, 1)
+    monkeypatch.setattr(tf_keras.datasets.cifar10, "load_data", lambda: ((pixels, labels), (pixels[:10], labels[:10])))
+    source = list_source("cifar10")
+    assert source.class_names[0] == "airplane" and len(source.train) == 20 and source.train.kind == "pixels"
+    data = load_dataset(DataConfig(source="cifar10", val_fraction=0.0), 48, seed=0)
+    assert data.train.images.shape == (20, 48, 48, 3)
