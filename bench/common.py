@@ -30,6 +30,9 @@ def machine() -> str:
 
 
 def git_sha() -> str:
+    """The edgecls commit measured: $EDGECLS_BENCH_COMMIT (for runs from a snapshot), else this checkout's HEAD."""
+    if os.environ.get("EDGECLS_BENCH_COMMIT"):
+        return os.environ["EDGECLS_BENCH_COMMIT"]
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return out.stdout.strip() or "uncommitted"
 
