@@ -183,25 +183,6 @@ def apply_qat(model, *, preserve_sparsity: bool = False, skip_unsupported: bool 
         raise ConfigError(f"TFMOT cannot quantize this model: {reason}; pass `--skip-unsupported`.") from None
 
 
-def float_copy_of_qat(qat_model, template):
-    """A float model with `template`'s graph and the QAT-trained float weights of `qat_model`.
-
-    Each QuantizeWrapper (`quant_<name>`) holds the trained float variables of the
-    layer `<name>` (`<name>/kernel:0`, ...); they are copied by name into the
-    template's layer. Returns a clone; neither input is changed. Used where a
-    converter cannot read fake-quant graphs (ONNX via onnxruntime's static quantizer).
-    """
-    copy = tf_keras.models.clone_model(template)
-    trained = {weight.name: weight for weight in qat_model.weights}
-
-    def find(name: str):
-        return trained.get(f"quant_{name}", trained.get(name))
-
-    for layer in copy.layers:
-        layer.set_weights([find(weight.name).numpy() for weight in template.get_layer(layer.name).weights])
-    return copy
-
-
 def load_stage_model(run: RunDir, stage: str):
     """The Keras model a finished stage (`finetune`, `prune`, `qat`, `pqat`) saved, and its entry.
 

@@ -94,8 +94,12 @@ def _export_one(fmt, precision, model, qat, folder, cfg, representative, calibra
         )
         (folder / name).write_bytes(tflite.add_metadata(flatbuffer, meta))
         return name
+    if precision == "int8" and qat:
+        proto = onnx_export.from_tflite(tflite.convert(model, "int8", io="float", quantization_aware=True))
+        (folder / name).write_bytes(onnx_export.add_metadata(proto, meta).SerializeToString())
+        return name
     proto = onnx_export.convert(model, size)
-    if precision == "int8" and not qat:
+    if precision == "int8":
         fp32 = folder / f".{name}.fp32.onnx"
         fp32.write_bytes(proto.SerializeToString())
         onnx_export.quantize(fp32, folder / name, calibration, cfg.calibration_method)
@@ -143,7 +147,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
     from edgecls.metrics import predict_scores
-    from edgecls.optimize import float_copy_of_qat, load_stage_model
+    from edgecls.optimize import load_stage_model
 
     run = RunDir(run_path)
     stage = choose_stage(run, cfg.stage)
@@ -154,8 +158,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
     size, mode = recorded["model"]["input_size"], recorded["model"]["preprocessing"]
     qat = stage in QAT_STAGES
     plan = _plan(cfg)
-    # QAT int8 TFLite keeps the learned ranges; ONNX int8 always goes through quantize_static
-    needs_calibration = any(p == "int8" and (f == "onnx" or not qat) for f, p in plan)
+    needs_calibration = any(p == "int8" for _, p in plan) and not qat  # QAT int8 keeps its learned ranges
     calibration, manifest = _calibration(run, cfg, recorded) if needs_calibration else (None, None)
     calibration_float = None if calibration is None else preprocess_numpy(calibration, mode)
 
@@ -168,7 +171,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
     check_images = preprocess_numpy(check.images, mode)
     models = {stage: load_stage_model(run, stage)[0]}
     parent = _float_parent(run, stage)
-    if qat and any(p != "int8" or f == "onnx" for f, p in plan):
+    if qat and any(p != "int8" for _, p in plan):
         models[parent] = load_stage_model(run, parent)[0]
 
     final = run.file(f"export/{stage}")
@@ -178,10 +181,8 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
             source_stage = stage if (precision == "int8" or not qat) else parent
             model = models[source_stage]
             meta = _metadata(recorded, precision, source_stage)
-            converted, fake_quant = model, qat and source_stage == stage
-            if fake_quant and fmt == "onnx":  # tf2onnx's QDQ of TFMOT graphs is wrong: quantize the trained float weights
-                converted, fake_quant = float_copy_of_qat(model, models[parent]), False
-            name = _export_one(fmt, precision, converted, fake_quant, tmp, cfg, representative, calibration_float, meta, size)
+            fake_quant = qat and source_stage == stage
+            name = _export_one(fmt, precision, model, fake_quant, tmp, cfg, representative, calibration_float, meta, size)
             reference = predict_scores(model, check.images, mode=mode, batch_size=128)
             row = {"file": name, "format": fmt, "precision": precision, "source_stage": source_stage}
             row["bytes"] = (tmp / name).stat().st_size
