@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Fine-tune, optimize, export and validate image classifiers for edge devices.",
 )
-out = Console(soft_wrap=True)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # full tables in logs
 err = Console(stderr=True)
 _DEBUG = {"on": False}
 

@@ -98,6 +98,20 @@ def test_qat_alone_converts_to_int8(run_copy, capsys):
     code, out, err = run_cli(["optimize", run_copy, "--qat"], capsys)
     assert code == 2 and "QAT asked for twice" in err and len(err.strip().splitlines()) == 1
 
+    from edgecls.config import ExportConfig
+    from edgecls.export import run_export
+    from edgecls.runtimes import open_runner, predict
+
+    entry = run_export(run_copy, ExportConfig(stage="qat", precisions=("int8",), check_per_class=4))
+    rows = {row["file"]: row for row in entry["metrics"]["artifacts"]}
+    assert entry["metrics"]["calibration"] is None  # learned ranges, no calibration set
+    folder = run_copy / "export" / "qat"
+    images = np.random.default_rng(0).uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32)
+    tflite_scores = predict(open_runner(folder / "model_int8.tflite"), images)
+    onnx_scores = predict(open_runner(folder / "model_int8.onnx"), images)
+    assert np.abs(tflite_scores - onnx_scores).max() <= 0.05  # the same quantized model: at most a rounding step apart
+    assert rows["model_int8.onnx"]["int8_initializers"] >= 14
+
 
 def test_structured_2_4(run_copy, capsys):
     from edgecls.optimize import load_stage_model
