@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from edgecls.errors import ConfigError, EdgeclsError, RunError
+from edgecls.export import exported_artifacts
+from edgecls.firmware import load_profile
 from edgecls.run import RunDir, atomic_write_json, atomic_write_text
 
 WORKER = Path(__file__).with_name("worker.py")
@@ -164,26 +166,6 @@ class SSHDevice:
         self.ssh(f"rm -rf {shlex.quote(folder)}", timeout=self.timeout + 15)
 
 
-def load_profile(name: str) -> dict[str, Any]:
-    """A device profile shipped with edgecls (edgecls/profiles/<name>.yaml)."""
-    from edgecls.firmware import load_profile as load
-
-    return load(name)
-
-
-def _artifacts(run: RunDir) -> list[tuple[str, dict[str, Any], Path]]:
-    found = []
-    for key, entry in run.manifest().get("stages", {}).items():
-        if key.startswith("export/"):
-            stage = key.split("/", 1)[1]
-            for row in entry["metrics"]["artifacts"]:
-                found.append((stage, row, run.file(f"export/{stage}/{row['file']}")))
-    if not found:
-        run.require_stage("finetune")
-        raise RunError(f"run {run.path} has no export to benchmark: run `edgecls export {run.path} --int8` first.")
-    return found
-
-
 def _budget_checks(profile: dict[str, Any], rows: list[dict[str, Any]], run: RunDir) -> list[dict[str, Any]]:
     checks = []
     if profile.get("kind") == "mcu":
@@ -280,7 +262,7 @@ def run_bench(
     target = Target.parse(device)
     budgets = load_profile(profile) if profile else None
     run = RunDir(run_path)
-    artifacts = _artifacts(run)
+    artifacts = [(a["stage"], a, a["path"]) for a in exported_artifacts(run)]
     recorded = run.require_stage("finetune")["inputs"]
     cores = os.cpu_count() or 1
     thread_counts = sorted(set(threads or [1, cores]))
@@ -366,6 +348,6 @@ def _parity_set(run: RunDir, recorded: dict[str, Any], count: int):
     split, _ = load_split(cfg, recorded["model"]["input_size"], recorded["seed"], "test")
     images = split.images[:count]
     floats = preprocess_numpy(images, recorded["model"]["preprocessing"])
-    stages = {row["source_stage"] for _, row, _ in _artifacts(run)}
+    stages = {artifact["source_stage"] for artifact in exported_artifacts(run)}
     reference = {s: load_stage_model(run, s)[0].predict(floats, verbose=0) for s in stages}
     return images, reference

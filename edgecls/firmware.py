@@ -227,12 +227,6 @@ def _int8_export(run: RunDir, stage: str | None) -> tuple[str, Path]:
     raise RunError(f"run {run.path} has no int8 TFLite model: run `edgecls export {run.path} --int8` first.")
 
 
-def _quantize_input(images: np.ndarray, detail: dict) -> np.ndarray:
-    scale, zero_point = detail["quantization"]
-    info = np.iinfo(detail["dtype"])
-    return np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(detail["dtype"])
-
-
 def check_int8(flatbuffer: bytes, name: str) -> dict[str, Any]:
     """Input/output details of a full-integer model.
 
@@ -287,6 +281,7 @@ def run_firmware(
     from edgecls.config import DataConfig
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
+    from edgecls.worker import quantize
 
     if not 0 <= margin <= 1:
         raise ConfigError(f"`--arena-margin` must be in [0, 1]; got {margin}.")
@@ -318,7 +313,8 @@ def run_firmware(
     data_cfg = DataConfig(**{**recorded["data_config"], "test_limit_per_class": per_class})
     split, _ = load_split(data_cfg, recorded["model"]["input_size"], recorded["seed"], "test")
     pick = np.arange(len(split))[:parity_images]
-    inputs = _quantize_input(preprocess_numpy(split.images[pick], recorded["model"]["preprocessing"]), details["input"])
+    floats = preprocess_numpy(split.images[pick], recorded["model"]["preprocessing"])
+    inputs = quantize(floats, *details["input"]["quantization"], details["input"]["dtype"])
     with quiet_native_stderr():
         micro = tflm_scores(flatbuffer, arena, inputs)
     lite = litert_scores(flatbuffer, inputs)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecls.worker import OnnxModel, TFLiteModel, WorkerError, open_model
+from edgecls.worker import OnnxModel, TFLiteModel, WorkerError, dequantize, open_model, quantize
 
 __all__ = [
     "KerasRunner", "OnnxModel", "TFLMRunner", "TFLiteModel", "WorkerError", "isolated_scores", "open_runner", "predict",
@@ -71,17 +71,13 @@ class TFLMRunner:
         return float(params["scales"][0]), int(params["zero_points"][0])
 
     def run(self, images: np.ndarray) -> np.ndarray:
-        scale, zero = self._params(self.input)
-        info = np.iinfo(self.input["dtype"])
-        out_scale, out_zero = self._params(self.output)
+        data = quantize(images, *self._params(self.input), self.input["dtype"])
         scores = []
-        for image in images:
-            data = np.clip(np.round(image / scale + zero), info.min, info.max).astype(self.input["dtype"])
-            self.interpreter.set_input(data[None], 0)
+        for image in data:
+            self.interpreter.set_input(image[None], 0)
             self.interpreter.invoke()
-            raw = np.array(self.interpreter.get_output(0), dtype=np.float32)[0]
-            scores.append((raw - out_zero) * out_scale)
-        return np.stack(scores)
+            scores.append(np.array(self.interpreter.get_output(0))[0])
+        return dequantize(np.stack(scores), *self._params(self.output))
 
     def close(self) -> None:
         self.interpreter = None

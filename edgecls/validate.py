@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.errors import RunError
 from edgecls.run import RunDir, atomic_write_json, atomic_write_text
 
 
@@ -97,19 +96,6 @@ def _row(artifact: dict, runtime: str, scores: np.ndarray | None, labels, refere
     }
 
 
-def _artifacts(run: RunDir, stage: str | None) -> list[dict[str, Any]]:
-    stages = [stage] if stage else [k.split("/", 1)[1] for k in run.manifest().get("stages", {}) if k.startswith("export/")]
-    if not stages:
-        run.require_stage("finetune")
-        raise RunError(f"run {run.path} has no export to validate: run `edgecls export {run.path} --int8` first.")
-    found = []
-    for name in stages:
-        entry = run.require_stage(f"export/{name}")
-        for row in entry["metrics"]["artifacts"]:
-            found.append({**row, "stage": name, "path": run.file(f"export/{name}/{row['file']}")})
-    return found
-
-
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The validation table as Markdown."""
     lines = [
@@ -151,12 +137,13 @@ def run_validate(
     from edgecls.config import DataConfig
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
+    from edgecls.export import exported_artifacts
     from edgecls.optimize import load_stage_model
     from edgecls.runtimes import KerasRunner, TFLMRunner, WorkerError, isolated_scores, predict
 
     gate = gate or Gate()
     run = RunDir(run_path)
-    artifacts = _artifacts(run, stage)
+    artifacts = exported_artifacts(run, stage)
     recorded = run.require_stage("finetune")["inputs"]
     mode, size = recorded["model"]["preprocessing"], recorded["model"]["input_size"]
     test, _ = load_split(DataConfig(**recorded["data_config"]), size, recorded["seed"], "test")

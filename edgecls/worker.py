@@ -32,6 +32,17 @@ class WorkerError(Exception):
     """A clear, expected failure (missing runtime, unreadable model)."""
 
 
+def quantize(values: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """Float values to an integer tensor: round(v / scale) + zero_point, clipped to the dtype."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    """Integer tensor back to float32: (q - zero_point) * scale."""
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
 def preprocess(images: np.ndarray, mode: str) -> np.ndarray:
     images = images.astype(np.float32)
     return images / 127.5 - 1.0 if mode == "tf" else images[..., ::-1] - MEAN_BGR
@@ -72,17 +83,14 @@ class TFLiteModel:
             self.interpreter.resize_tensor_input(self.input["index"], [len(images), *self.input["shape"][1:]])
             self.interpreter.allocate_tensors()
             self.batch = len(images)
-        data = images
+        data = images.astype(np.float32)
         if self.input["dtype"] != np.float32:
-            scale, zero = self.input["quantization"]
-            info = np.iinfo(self.input["dtype"])
-            data = np.clip(np.round(images / scale + zero), info.min, info.max).astype(self.input["dtype"])
-        self.interpreter.set_tensor(self.input["index"], data.astype(self.input["dtype"]))
+            data = quantize(images, *self.input["quantization"], self.input["dtype"])
+        self.interpreter.set_tensor(self.input["index"], data)
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self.output["index"])
         if self.output["dtype"] != np.float32:
-            scale, zero = self.output["quantization"]
-            out = (out.astype(np.float32) - zero) * scale
+            return dequantize(out, *self.output["quantization"])
         return out.astype(np.float32)
 
 

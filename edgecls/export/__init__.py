@@ -40,6 +40,24 @@ def choose_stage(run: RunDir, requested: str | None) -> str:
     return next(stage for stage in STAGE_ORDER if run.stage(stage) is not None)
 
 
+def exported_artifacts(run: RunDir, stage: str | None = None) -> list[dict[str, Any]]:
+    """Every file the finished exports of `run` (or of one stage) list, with `stage` and `path` added.
+
+    Raises:
+        RunError: nothing exported (or the run or stage is missing).
+    """
+    exported = [key.split("/", 1)[1] for key in run.manifest().get("stages", {}) if key.startswith("export/")]
+    stages = [stage] if stage else exported
+    if not stages:
+        run.require_stage("finetune")
+        raise RunError(f"run {run.path} has nothing exported: run `edgecls export {run.path} --int8` first.")
+    found = []
+    for name in stages:
+        for row in run.require_stage(f"export/{name}")["metrics"]["artifacts"]:
+            found.append({**row, "stage": name, "path": run.file(f"export/{name}/{row['file']}")})
+    return found
+
+
 def _float_parent(run: RunDir, stage: str) -> str:
     return run.require_stage(stage)["inputs"]["parent"] if stage in QAT_STAGES else stage
 
@@ -177,13 +195,16 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
     final = run.file(f"export/{stage}")
     with staged_folder(final) as tmp:
         rows = []
+        references = {}  # Keras scores on the check set, once per source model
         for fmt, precision in plan:
             source_stage = stage if (precision == "int8" or not qat) else parent
             model = models[source_stage]
             meta = _metadata(recorded, precision, source_stage)
             fake_quant = qat and source_stage == stage
             name = _export_one(fmt, precision, model, fake_quant, tmp, cfg, representative, calibration_float, meta, size)
-            reference = predict_scores(model, check.images, mode=mode, batch_size=128)
+            if source_stage not in references:
+                references[source_stage] = predict_scores(model, check.images, mode=mode, batch_size=128)
+            reference = references[source_stage]
             row = {"file": name, "format": fmt, "precision": precision, "source_stage": source_stage}
             row["bytes"] = (tmp / name).stat().st_size
             row["sha256"] = sha256_file(tmp / name)
