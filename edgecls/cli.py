@@ -156,6 +156,7 @@ def optimize(
         bool, typer.Option("--skip-unsupported", help="Keep layers TFMOT cannot quantize in float.")
     ] = False,
     limit_per_class: Annotated[int | None, typer.Option(help="At most N training images per class.")] = None,
+    granularity: Annotated[str | None, typer.Option(help="QAT weight scales: per-channel | per-tensor.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo a finished stage.")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -173,6 +174,7 @@ def optimize(
         "optimize.qat_lr": qat_lr,
         "optimize.skip_unsupported": skip_unsupported or None,
         "optimize.limit_per_class": limit_per_class,
+        "optimize.granularity": granularity,
     }
     opt = load_config(overrides=overrides).optimize
     import_tensorflow()
@@ -195,6 +197,12 @@ def export(
     calibration: Annotated[str | None, typer.Option(help="A calibration manifest (edgecls calibrate).")] = None,
     calibration_samples: Annotated[int | None, typer.Option(help="Images when building one.")] = None,
     calibration_method: Annotated[str | None, typer.Option(help="ONNX: minmax | entropy | percentile.")] = None,
+    granularity: Annotated[
+        str | None, typer.Option(help="int8 weight scales: auto | per-channel | per-tensor (QAT stages: their own).")
+    ] = None,
+    strip_strings: Annotated[
+        bool, typer.Option("--strip-strings", help="TFLite: drop tensor names and signatures (smaller flash).")
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export of the stage.")] = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -210,13 +218,16 @@ def export(
         "export.calibration": calibration,
         "export.calibration_samples": calibration_samples,
         "export.calibration_method": calibration_method,
+        "export.granularity": granularity,
+        "export.strip_strings": strip_strings or None,
     }
     cfg = load_config(overrides=overrides).export
     import_tensorflow()
     from edgecls.export import run_export
 
     entry = run_export(run, cfg, force=force)
-    table = Table(title=f"export: {run}/export/{entry['metrics']['stage']}")
+    summary = entry["metrics"]
+    table = Table(title=f"export: {run}/export/{summary['stage']} (int8 weights {summary['granularity']})")
     for column in ("file", "precision", "from", "bytes", "I/O", "check acc", "Keras acc", "agreement", "sha256"):
         table.add_column(column)
     for row in entry["metrics"]["artifacts"]:

@@ -223,6 +223,9 @@ class OptimizeConfig:
         qat_lr: Peak learning rate of QAT. Defaults to 1e-5.
         skip_unsupported: Keep layers TFMOT cannot quantize in float instead of failing.
         limit_per_class: At most this many training images per class (quick runs).
+        granularity: QAT weight scales `per-channel` (TFLite's default) or
+            `per-tensor` (smaller files; for accelerators that need it).
+            Per-tensor folds BatchNorm into the convolutions first. Defaults to `per-channel`.
     """
 
     prune: float | None = None
@@ -234,6 +237,7 @@ class OptimizeConfig:
     qat_lr: float = 1e-5
     skip_unsupported: bool = False
     limit_per_class: int | None = None
+    granularity: Literal["per-channel", "per-tensor"] = "per-channel"
 
     def __post_init__(self) -> None:
         if self.structured and self.prune is None:
@@ -272,6 +276,11 @@ class ExportConfig:
         calibration_seed: Defaults to 0.
         calibration_method: ONNX Runtime's `minmax`, `entropy` or `percentile`. Defaults to `minmax`.
         check_per_class: Test images per class in the quick accuracy check. Defaults to 50.
+        granularity: int8 weight scales: `per-channel`, `per-tensor`, or `auto`
+            (a QAT stage's own, fixed when it was trained; per-channel for float
+            stages). Defaults to `auto`.
+        strip_strings: Drop tensor names and signatures from the TFLite files
+            (`flatbuffer_utils.strip_strings`; smaller flash, harder debugging). Defaults to False.
     """
 
     stage: str | None = None
@@ -283,6 +292,8 @@ class ExportConfig:
     calibration_seed: int = 0
     calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     check_per_class: int = 50
+    granularity: Literal["auto", "per-channel", "per-tensor"] = "auto"
+    strip_strings: bool = False
 
     def __post_init__(self) -> None:
         if self.stage is not None and self.stage not in EXPORT_STAGES:

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgecls import __version__
 from edgecls.config import ExportConfig
-from edgecls.errors import RunError
+from edgecls.errors import ConfigError, RunError
 from edgecls.run import RunDir, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
 QAT_STAGES = ("qat", "pqat")
@@ -96,11 +96,28 @@ def _calibration(run: RunDir, cfg: ExportConfig, recorded: dict[str, Any]) -> tu
     return load_calibration(manifest, input_size=size), manifest
 
 
+def resolve_granularity(run: RunDir, stage: str, requested: str) -> str:
+    """The int8 weight granularity of `stage`'s export: a QAT stage's own, else `requested` (auto: per-channel).
+
+    Raises:
+        ConfigError: `requested` contradicts the granularity a QAT stage was trained with.
+    """
+    if stage not in QAT_STAGES:
+        return "per-channel" if requested == "auto" else requested
+    trained = run.require_stage(stage)["inputs"].get("optimize_config", {}).get("granularity", "per-channel")
+    if requested not in ("auto", trained):
+        raise ConfigError(
+            f"stage `{stage}` was quantization-aware trained with {trained} weights, so its int8 files are {trained}; "
+            f"pass `--granularity {trained}` or redo `edgecls optimize --qat --granularity {requested} --force`."
+        )
+    return trained
+
+
 def _plan(cfg: ExportConfig) -> list[tuple[str, str]]:
     return [(f, p) for f in cfg.formats for p in cfg.precisions if (f, p) not in UNSUPPORTED]
 
 
-def _export_one(fmt, precision, model, qat, folder, cfg, representative, calibration, meta, size):
+def _export_one(fmt, precision, model, qat, folder, cfg, representative, calibration, meta, size, per_tensor):
     """Write one artifact into `folder`; returns its file name."""
     from edgecls.export import onnx as onnx_export
     from edgecls.export import tflite
@@ -108,8 +125,15 @@ def _export_one(fmt, precision, model, qat, folder, cfg, representative, calibra
     name = f"model_{precision}.{fmt}"
     if fmt == "tflite":
         flatbuffer = tflite.convert(
-            model, precision, io=cfg.io, representative=representative, quantization_aware=qat and precision == "int8"
+            model,
+            precision,
+            io=cfg.io,
+            representative=representative,
+            quantization_aware=qat and precision == "int8",
+            per_tensor=per_tensor,
         )
+        if cfg.strip_strings:
+            flatbuffer = tflite.strip_strings(flatbuffer)
         (folder / name).write_bytes(tflite.add_metadata(flatbuffer, meta))
         return name
     if precision == "int8" and qat:
@@ -120,7 +144,7 @@ def _export_one(fmt, precision, model, qat, folder, cfg, representative, calibra
     if precision == "int8":
         fp32 = folder / f".{name}.fp32.onnx"
         fp32.write_bytes(proto.SerializeToString())
-        onnx_export.quantize(fp32, folder / name, calibration, cfg.calibration_method)
+        onnx_export.quantize(fp32, folder / name, calibration, cfg.calibration_method, per_tensor=per_tensor)
         fp32.unlink()
         import onnx
 
@@ -175,6 +199,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
     recorded = run.require_stage("finetune")["inputs"]
     size, mode = recorded["model"]["input_size"], recorded["model"]["preprocessing"]
     qat = stage in QAT_STAGES
+    granularity = resolve_granularity(run, stage, cfg.granularity)
     plan = _plan(cfg)
     needs_calibration = any(p == "int8" for _, p in plan) and not qat  # QAT int8 keeps its learned ranges
     calibration, manifest = _calibration(run, cfg, recorded) if needs_calibration else (None, None)
@@ -201,7 +226,10 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
             model = models[source_stage]
             meta = _metadata(recorded, precision, source_stage)
             fake_quant = qat and source_stage == stage
-            name = _export_one(fmt, precision, model, fake_quant, tmp, cfg, representative, calibration_float, meta, size)
+            name = _export_one(
+                fmt, precision, model, fake_quant, tmp, cfg, representative, calibration_float, meta, size,
+                per_tensor=granularity == "per-tensor",
+            )  # fmt: skip
             if source_stage not in references:
                 references[source_stage] = predict_scores(model, check.images, mode=mode, batch_size=128)
             reference = references[source_stage]
@@ -226,6 +254,8 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
                 "method_onnx": cfg.calibration_method,
             },
             "int8_io": cfg.io,
+            "granularity": granularity,
+            "strip_strings": cfg.strip_strings,
             "artifacts": rows,
         }
         atomic_write_json(tmp / "export.json", summary)

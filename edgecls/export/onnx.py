@@ -73,8 +73,8 @@ class _Reader:
         raise NotImplementedError
 
 
-def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, method: str = "minmax") -> None:
-    """Static int8 QDQ quantization of an fp32 ONNX file, calibrated on `images`."""
+def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, method: str = "minmax", *, per_tensor: bool = False) -> None:
+    """Static int8 QDQ quantization of an fp32 ONNX file, calibrated on `images` (per-channel weights by default)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -92,7 +92,7 @@ def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, method: str = 
                 str(out_path),
                 _Reader("input", images),
                 quant_format=QuantFormat.QDQ,
-                per_channel=True,
+                per_channel=not per_tensor,
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=calibrate,
@@ -119,14 +119,21 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def describe(path: str | Path) -> dict[str, Any]:
-    """Opset, op types, and whether weights are int8 QDQ."""
+    """Opset, op types, the number of int8 weights, and their granularity (QDQ scales per weight)."""
     import onnx
 
     proto = onnx.load(str(path))
     ops = sorted({node.op_type for node in proto.graph.node})
-    int8_weights = [t for t in proto.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    initializers = {t.name: t for t in proto.graph.initializer}
+    int8_weights = {name for name, t in initializers.items() if t.data_type == onnx.TensorProto.INT8}
+    granularity = {
+        "per-channel" if sum(initializers[node.input[1]].dims) > 1 else "per-tensor"
+        for node in proto.graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0] in int8_weights and node.input[1] in initializers
+    }
     return {
         "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
         "ops": ops,
         "int8_initializers": len(int8_weights),
+        "weight_granularity": "+".join(sorted(granularity)) or None,
     }

@@ -34,6 +34,7 @@ def convert(
     io: str = "int8",
     representative: Callable[[], Iterator[list[np.ndarray]]] | None = None,
     quantization_aware: bool = False,
+    per_tensor: bool = False,
 ) -> bytes:
     """Convert a tf-keras model to a TFLite flatbuffer.
 
@@ -43,6 +44,8 @@ def convert(
         io: For int8: input/output type, `int8`, `uint8` or `float`. Defaults to `int8`.
         representative: For int8 of a float model: yields `[float32 batch of 1]`.
         quantization_aware: The model carries fake-quant ranges (no representative set needed).
+        per_tensor: For dynamic and int8 of a float model: one scale per weight tensor
+            instead of per output channel. (A QAT model's granularity is its training's.)
 
     Raises:
         ConversionError: the converter failed; the message names the op when it can.
@@ -54,6 +57,8 @@ def convert(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
+    if per_tensor and not quantization_aware:
+        converter._experimental_disable_per_channel = True  # the converter's only switch for it (TF 2.21)
     if precision == "int8":
         if not quantization_aware:
             converter.representative_dataset = representative
@@ -84,6 +89,19 @@ def add_metadata(flatbuffer: bytes, metadata: dict[str, Any]) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def strip_strings(flatbuffer: bytes) -> bytes:
+    """`flatbuffer` without tensor names, subgraph names and signatures (TFLite's `strip_strings`).
+
+    Metadata entries, and so the `edgecls` table, are kept; runners that look up
+    tensors by signature (`get_signature_runner`) cannot open the result.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    flatbuffer_utils.strip_strings(model)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def read_metadata(flatbuffer: bytes) -> dict[str, Any] | None:
     """The `edgecls` metadata of a TFLite flatbuffer, or None."""
     from tensorflow.lite.tools import flatbuffer_utils
@@ -97,7 +115,7 @@ def read_metadata(flatbuffer: bytes) -> dict[str, Any] | None:
 
 
 def describe(flatbuffer: bytes) -> dict[str, Any]:
-    """I/O dtypes, op names, and the zero fraction of the int8 CONV_2D/FULLY_CONNECTED weights."""
+    """I/O dtypes, op names, int8 weight granularity, and the zero fraction of the int8 weights."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     interpreter = Interpreter(
@@ -105,12 +123,16 @@ def describe(flatbuffer: bytes) -> dict[str, Any]:
     )
     interpreter.allocate_tensors()
     zeros = total = 0
-    weight_dtypes = set()
+    weight_dtypes, scales_per_weight = set(), set()
     ops = interpreter._get_ops_details()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     for op in ops:
         if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             weights = interpreter.get_tensor(op["inputs"][1])
             weight_dtypes.add(weights.dtype.name)
+            scales = tensors[op["inputs"][1]]["quantization_parameters"]["scales"]
+            if weights.dtype == np.int8:
+                scales_per_weight.add("per-channel" if len(scales) > 1 else "per-tensor")
             if op["op_name"] != "DEPTHWISE_CONV_2D" and weights.dtype == np.int8:
                 zeros += int(np.sum(weights == 0))
                 total += weights.size
@@ -118,6 +140,7 @@ def describe(flatbuffer: bytes) -> dict[str, Any]:
         "input_dtype": np.dtype(interpreter.get_input_details()[0]["dtype"]).name,
         "output_dtype": np.dtype(interpreter.get_output_details()[0]["dtype"]).name,
         "weight_dtypes": sorted(weight_dtypes),
+        "weight_granularity": "+".join(sorted(scales_per_weight)) or None,
         "ops": sorted({op["op_name"] for op in ops}),
         "int8_weight_sparsity": zeros / total if total else None,
     }

@@ -110,6 +110,7 @@ def test_bad_calibration_manifests(exported, tmp_path, capsys):
         (["--format", "onnx", "--precision", "fp16"], "fp32 or int8 for ONNX"),
         (["--precision", "int4"], "`export.precisions` must be a non-empty subset"),
         (["--stage", "qat"], "has no finished `qat` stage"),
+        (["--granularity", "per-row"], "`export.granularity` must be one of auto, per-channel, per-tensor"),
     ]
     for args, message in cases:
         code, out, err = run_cli(["export", copy, "--int8", "--force", *args], capsys)
@@ -184,3 +185,30 @@ def test_shipped_cifar_manifests_rebuild(shared_cifar, samples):
     assert all(entry["id"].startswith("train/") for entry in manifest["images"])
     pixels = load_calibration(manifest, source=str(shared_cifar), input_size=128)
     assert pixels.shape == (samples, 128, 128, 3)
+
+
+def test_per_tensor_and_stripped_strings(exported, tmp_path):
+    """A float model's int8 files with one scale per weight tensor, names stripped: smaller, still labelled."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgecls.config import ExportConfig
+    from edgecls.export import run_export, tflite
+
+    run, per_channel = exported
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    cfg = ExportConfig(granularity="per-tensor", strip_strings=True, calibration_samples=12, check_per_class=6, stage="finetune")
+    entry = run_export(copy, cfg, force=True)
+    rows, before = rows_by_file(entry), rows_by_file(per_channel)
+    assert entry["metrics"]["granularity"] == "per-tensor" and entry["metrics"]["strip_strings"] is True
+    assert before["model_int8.tflite"]["weight_granularity"] == "per-channel"
+    assert before["model_int8.onnx"]["weight_granularity"] == "per-channel+per-tensor"  # ORT: MatMul weights per tensor
+    assert rows["model_int8.tflite"]["weight_granularity"] == rows["model_int8.onnx"]["weight_granularity"] == "per-tensor"
+    assert rows["model_int8.tflite"]["weight_dtypes"] == ["int8"]
+    assert rows["model_fp32.tflite"]["check_max_abs_error"] < 1e-4
+    for name in ("model_fp32.tflite", "model_int8.tflite"):
+        assert rows[name]["bytes"] < before[name]["bytes"], name
+        flatbuffer = (copy / "export/finetune" / name).read_bytes()
+        assert tflite.read_metadata(flatbuffer)["labels"] == ["blue", "green", "red"]
+        assert {t["name"] for t in Interpreter(model_content=flatbuffer).get_tensor_details()} == {""}
+    assert rows["model_int8.onnx"]["bytes"] < before["model_int8.onnx"]["bytes"]

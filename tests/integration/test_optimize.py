@@ -132,6 +132,7 @@ def test_structured_2_4(run_copy, capsys):
         ([], "nothing to do: pass `--prune SPARSITY` and/or `--qat`."),
         (["--prune", "0.3", "--structured-2-4"], "`optimize.prune` must be 0.5 with 2:4"),
         (["--prune", "0.5", "--prune-layers", "depthwise"], "`optimize.prune_layers` must be"),
+        (["--qat", "--granularity", "per-row"], "`optimize.granularity` must be one of per-channel, per-tensor"),
     ],
 )
 def test_bad_options(run_copy, capsys, args, message):
@@ -164,3 +165,64 @@ def test_unsupported_layers_are_named(tmp_path):
         apply_qat(model)
     quantized = apply_qat(model, skip_unsupported=True)
     assert any("Quantize" in type(layer).__name__ for layer in quantized.layers)
+
+
+@pytest.mark.parametrize(("name", "alpha"), [("mobilenet", 0.25), ("mobilenet_v2", 0.35), ("resnet50", None)])
+def test_fold_batchnorm_is_exact(name, alpha):
+    """Folding inference-mode BatchNorm into the convolutions changes no output, for every graph shape."""
+    import tf_keras
+
+    from edgecls.models import create_model
+    from edgecls.optimize.per_tensor import fold_batchnorm
+
+    model, _ = create_model(name, input_size=32, alpha=alpha, weights="none")
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):  # statistics far from the identity
+            layer.set_weights([rng.uniform(0.5, 2.0, w.shape).astype(np.float32) for w in layer.get_weights()])
+    folded = fold_batchnorm(model)
+    assert not [layer for layer in folded.layers if isinstance(layer, tf_keras.layers.BatchNormalization)]
+    assert len(folded.layers) < len(model.layers)
+    images = rng.uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
+    logits = [tf_keras.Model(m.input, m.layers[-1].input)(images).numpy() for m in (model, folded)]
+    assert np.abs(logits[0] - logits[1]).max() <= 1e-4 * max(1.0, np.abs(logits[0]).max())
+
+
+def test_per_tensor_qat_exports_per_tensor_int8(run_copy, capsys):
+    """`--granularity per-tensor`: BatchNorm folded, one scale per int8 weight tensor, and the choice is the stage's."""
+    import tf_keras
+
+    from edgecls.optimize import load_stage_model
+
+    code, out, err = run_cli(["optimize", run_copy, "--qat", "--epochs", "1", "--granularity", "per-tensor"], capsys)
+    assert code == 0, err
+    model, entry = load_stage_model(RunDir(run_copy), "qat")
+    assert entry["metrics"]["granularity"] == "per-tensor"
+    assert not [layer for layer in model.layers if isinstance(getattr(layer, "layer", layer), tf_keras.layers.BatchNormalization)]
+
+    code, out, err = run_cli(["export", run_copy, "--int8", "--format", "tflite"], capsys)
+    assert code == 0, err
+    summary = json.loads((run_copy / "export/qat/export.json").read_text())
+    int8 = {row["file"]: row for row in summary["artifacts"]}["model_int8.tflite"]
+    assert summary["granularity"] == "per-tensor"
+    assert (int8["weight_granularity"], int8["weight_dtypes"], int8["input_dtype"]) == ("per-tensor", ["int8"], "int8")
+
+    before = (run_copy / "export/qat/export.json").read_bytes()
+    code, out, err = run_cli(["export", run_copy, "--int8", "--granularity", "per-channel", "--force"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "was quantization-aware trained with per-tensor weights" in err
+    assert (run_copy / "export/qat/export.json").read_bytes() == before, "the earlier export is untouched"
+
+
+def test_per_tensor_pqat_keeps_zeros(run_copy, capsys):
+    """Prune-preserving QAT with per-tensor weights (TFMOT's registry only knows per-channel Conv2D)."""
+    code, out, err = run_cli(
+        ["optimize", run_copy, "--prune", "0.5", "--qat", "--epochs", "1", "--granularity", "per-tensor"], capsys
+    )
+    assert code == 0, err
+    from edgecls.optimize import load_stage_model
+
+    model, entry = load_stage_model(RunDir(run_copy), "pqat")
+    assert entry["metrics"]["sparsity_preserved"] is True
+    sparsity, dtypes = int8_weight_sparsity(int8_tflite(model))
+    assert sparsity == pytest.approx(0.5, abs=0.02) and dtypes == {np.int8}

@@ -142,12 +142,14 @@ def unsupported_for_qat(model) -> list[tuple[str, str]]:
     ]
 
 
-def apply_qat(model, *, preserve_sparsity: bool = False, skip_unsupported: bool = False):
+def apply_qat(model, *, preserve_sparsity: bool = False, per_tensor: bool = False, skip_unsupported: bool = False):
     """A quantization-aware clone of `model` (default 8-bit scheme).
 
     Args:
         model: A flat functional float model (not modified).
         preserve_sparsity: Use the prune-preserving scheme so zero weights stay zero.
+        per_tensor: One weight scale per tensor instead of per output channel;
+            BatchNorm is folded into the convolutions first (`fold_batchnorm`).
         skip_unsupported: Leave layers TFMOT cannot quantize in float instead of failing.
 
     Raises:
@@ -156,6 +158,10 @@ def apply_qat(model, *, preserve_sparsity: bool = False, skip_unsupported: bool 
     """
     tfmot = _tfmot()
     quant = tfmot.quantization.keras
+    if per_tensor:
+        from edgecls.optimize import per_tensor as per_tensor_qat
+
+        model = per_tensor_qat.fold_batchnorm(model)
     unsupported = unsupported_for_qat(model)
     if unsupported and not skip_unsupported:
         name, kind = unsupported[0]
@@ -174,10 +180,15 @@ def apply_qat(model, *, preserve_sparsity: bool = False, skip_unsupported: bool 
         annotated.set_weights(model.get_weights())
     else:
         annotated = quant.quantize_annotate_model(model)
-    scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme() if preserve_sparsity else None
+    if per_tensor:
+        scheme = per_tensor_qat.per_tensor_scheme(preserve_sparsity=preserve_sparsity)
+    elif preserve_sparsity:
+        scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    else:
+        scheme = quant.default_8bit.Default8BitQuantizeScheme()
     try:
         with quant.quantize_scope():
-            return quant.quantize_apply(annotated, scheme) if scheme else quant.quantize_apply(annotated)
+            return quant.quantize_apply(annotated, scheme)
     except RuntimeError as exc:  # TFMOT: "Layer <name>:<class> is not supported. ..."
         reason = str(exc).split(". ")[0]
         raise ConfigError(f"TFMOT cannot quantize this model: {reason}; pass `--skip-unsupported`.") from None
@@ -345,12 +356,14 @@ def run_optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool = Fal
     if opt.qat:
         stage = "pqat" if opt.prune is not None else "qat"
         _stage_dir(run, stage, force)
-        qat = apply_qat(parent, preserve_sparsity=stage == "pqat", skip_unsupported=opt.skip_unsupported)
+        per_tensor = opt.granularity == "per-tensor"
+        qat = apply_qat(parent, preserve_sparsity=stage == "pqat", per_tensor=per_tensor, skip_unsupported=opt.skip_unsupported)
         _fit(qat, cfg, data, epochs=opt.epochs, lr=opt.qat_lr, callbacks=callbacks)
         sparsity = kernel_sparsity(qat, opt.prune_layers)
         warnings = [f"left in float: {name} ({kind})" for name, kind in unsupported_for_qat(parent)]
         extra = {
             "parent": parent_name,
+            "granularity": opt.granularity,
             "sparsity": sparsity["overall"],
             "sparsity_per_layer": sparsity["per_layer"],
             "gzip_bytes": gzip_bytes(qat),
