@@ -42,7 +42,7 @@ def today() -> str:
 
 
 def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section between `<!-- name:begin -->` and `<!-- name:end -->`."""
+    """Replace (or append) the section between `<!-- name:begin -->` and `<!-- name:end -->`, and print it."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nEvery number here comes with the command that produced it.\n"
     block = f"{begin}\n{body.rstrip()}\n{end}"
@@ -50,3 +50,4 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
+    print(body)

@@ -138,7 +138,6 @@ def main() -> None:
         *export_table(run, images, labels, commands),
     ]
     write_section("export", "\n".join(lines))
-    print("\n".join(lines))
     if args.skip_study:
         return
     study = [
@@ -153,7 +152,6 @@ def main() -> None:
         f"(study took {(time.perf_counter() - start) / 60:.1f} min)",
     ]
     write_section("calibration", "\n".join(study))
-    print("\n".join(study))
 
 
 if __name__ == "__main__":

@@ -120,7 +120,6 @@ def main() -> None:
             f" {speed['pipeline_aug'] / speed['plain']:.2f} |",
         ]
     write_section("finetune", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,6 @@ def main() -> None:
         *[f"- `{shlex.join(command)}`" for _, command, _ in rows],
     ]
     write_section("firmware", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

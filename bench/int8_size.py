@@ -46,6 +46,36 @@ def tflite_bytes_by_kind(path: Path) -> dict[str, int]:
     return kinds
 
 
+def structure_sizes(name: str, alpha: float | None, input_size: int) -> list[str]:
+    """Table rows: fp32 and int8 TFLite bytes of a freshly built classifier, per-channel and per-tensor, plain and stripped.
+
+    File sizes depend on tensor shapes only, not on weight values, so random
+    weights and random calibration images measure them exactly.
+    """
+    import numpy as np
+
+    from edgecls.export import tflite
+    from edgecls.models import create_model
+
+    model, _ = create_model(name, num_classes=10, input_size=input_size, alpha=alpha, weights="none")
+
+    def representative():
+        for image in np.random.default_rng(0).uniform(-1, 1, (4, 1, input_size, input_size, 3)).astype(np.float32):
+            yield [image]
+
+    fp32 = tflite.convert(model, "fp32")
+    rows = []
+    for granularity in ("per-channel", "per-tensor"):
+        int8 = tflite.convert(model, "int8", representative=representative, per_tensor=granularity == "per-tensor")
+        for stripped in (False, True):
+            a, b = (tflite.strip_strings(x) if stripped else x for x in (int8, fp32))
+            rows.append(
+                f"| {name} {alpha or ''} @{input_size} | {granularity}{', stripped' if stripped else ''} |"
+                f" {len(a):,} | {len(b):,} | {len(a) / len(b) * 100:.2f} % |"
+            )
+    return rows
+
+
 def measure(study: Path, stage: str, images, labels) -> dict[str, dict]:
     """export.json rows of `stage` by file, with the test accuracy of every int8 file added."""
     rows = {row["file"]: row for row in json.loads((study / "export" / stage / "export.json").read_text())["artifacts"]}
@@ -60,7 +90,24 @@ def main() -> None:
     parser.add_argument("--run", default="bench-runs/bench-full")
     parser.add_argument("--qat-lr", default="1e-4")
     parser.add_argument("--epochs", default="2")
+    parser.add_argument("--structure-only", action="store_true", help="Only the file-size table of fresh backbones.")
     args = parser.parse_args()
+    structure = [
+        "## int8 file size by backbone (issue 4)",
+        "",
+        f"- Date: {today()}; edgecls commit {git_sha()}. Freshly built classifiers (10 classes, random weights: a"
+        " file's size depends on tensor shapes only), converted with `edgecls.export.tflite.convert`; no metadata."
+        " Reproduce: `python bench/int8_size.py --structure-only`.",
+        "",
+        "| model | int8 weights | int8 TFLite bytes | fp32 TFLite bytes | int8 / fp32 |",
+        "|---|---|---|---|---|",
+        *structure_sizes("mobilenet", 0.25, 128),
+        *structure_sizes("mobilenet_v2", 1.0, 224),
+        *structure_sizes("mobilenet", 1.0, 224),
+    ]
+    write_section("int8-size-structure", "\n".join(structure))
+    if args.structure_only:
+        return
     study = ROOT / STUDY
     shutil.rmtree(study, ignore_errors=True)
     shutil.copytree(ROOT / args.run, study, ignore=shutil.ignore_patterns("export", "firmware", "bench.*"))
@@ -122,7 +169,6 @@ def main() -> None:
         *breakdown,
     ]
     write_section("int8-size", "\n".join(body))
-    print("\n".join(body))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,6 @@ def main() -> None:
         *sections,
     ]
     write_section("latency", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

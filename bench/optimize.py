@@ -68,7 +68,6 @@ def main() -> None:
         "Zeros in the int8 TFLite weights of the PQAT model: see the export section (`int8_weight_sparsity` in export.json).",
     ]
     write_section("optimize", "\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

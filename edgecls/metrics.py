@@ -53,7 +53,7 @@ def evaluate_model(model, split, class_names: list[str], *, mode: str, batch_siz
 
 
 def load_run_model(run_path: str | Path, stage: str = "finetune"):
-    """The Keras model a finished stage saved, with the stage's manifest entry."""
+    """The Keras model a finished stage saved (uncompiled: for inference and further stages), with its manifest entry."""
     import tf_keras
 
     from edgecls.errors import RunError
@@ -64,7 +64,7 @@ def load_run_model(run_path: str | Path, stage: str = "finetune"):
     model_file = entry["metrics"].get("model_file", "model.keras")
     if not run.file(model_file).exists():
         raise RunError(f"run {run.path} lists {model_file} but the file is missing.")
-    return tf_keras.models.load_model(str(run.file(model_file))), entry
+    return tf_keras.models.load_model(str(run.file(model_file)), compile=False), entry
 
 
 def run_evaluate(run_path: str | Path, data: str | None = None, *, batch_size: int = 128) -> dict[str, Any]:

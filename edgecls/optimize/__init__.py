@@ -204,7 +204,7 @@ def load_stage_model(run: RunDir, stage: str):
     if not path.exists():
         raise RunError(f"run {run.path} lists stage `{stage}` but {path.name} is missing.")
     with _tfmot().quantization.keras.quantize_scope():
-        return tf_keras.models.load_model(str(path)), entry
+        return tf_keras.models.load_model(str(path), compile=False), entry
 
 
 def _stage_dir(run: RunDir, stage: str, force: bool) -> Path:
