@@ -49,8 +49,10 @@ def tflite_bytes_by_kind(path: Path) -> dict[str, int]:
 def structure_sizes(name: str, alpha: float | None, input_size: int) -> list[str]:
     """Table rows: fp32 and int8 TFLite bytes of a freshly built classifier, per-channel and per-tensor, plain and stripped.
 
-    File sizes depend on tensor shapes only, not on weight values, so random
-    weights and random calibration images measure them exactly.
+    File sizes depend on tensor shapes, not on weight values, as long as no two
+    constants are equal (the converter stores equal constants once: a fresh
+    model's all-zero biases would share one buffer), so every weight is drawn at
+    random (positive, for BatchNorm variances).
     """
     import numpy as np
 
@@ -58,6 +60,8 @@ def structure_sizes(name: str, alpha: float | None, input_size: int) -> list[str
     from edgecls.models import create_model
 
     model, _ = create_model(name, num_classes=10, input_size=input_size, alpha=alpha, weights="none")
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in model.get_weights()])
 
     def representative():
         for image in np.random.default_rng(0).uniform(-1, 1, (4, 1, input_size, input_size, 3)).astype(np.float32):
@@ -95,8 +99,9 @@ def main() -> None:
     structure = [
         "## int8 file size by backbone (issue 4)",
         "",
-        f"- Date: {today()}; edgecls commit {git_sha()}. Freshly built classifiers (10 classes, random weights: a"
-        " file's size depends on tensor shapes only), converted with `edgecls.export.tflite.convert`; no metadata."
+        f"- Date: {today()}; edgecls commit {git_sha()}. Freshly built classifiers (10 classes, distinct random"
+        " weights: a file's size then depends on tensor shapes only), converted with `edgecls.export.tflite.convert`;"
+        " no metadata."
         " Reproduce: `python bench/int8_size.py --structure-only`.",
         "",
         "| model | int8 weights | int8 TFLite bytes | fp32 TFLite bytes | int8 / fp32 |",
