@@ -10,7 +10,7 @@ are; every file's accuracy is measured on all 10,000 test images, and the bytes
 of the int8 TFLite files are broken down by what they hold. Writes the
 "int8-size" section of docs/benchmarks.md.
 
-Usage: python bench/int8_size.py [--run bench-runs/bench-full] [--qat-lr 1e-4] [--epochs 2]
+Usage: python bench/int8_size.py [--run bench-runs/bench-full] [--qat-lr 5e-4] [--epochs 4] [--structure-only]
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def measure(study: Path, stage: str, images, labels) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", default="bench-runs/bench-full")
-    parser.add_argument("--qat-lr", default="1e-4")
-    parser.add_argument("--epochs", default="2")
+    parser.add_argument("--qat-lr", default="5e-4")
+    parser.add_argument("--epochs", default="4")
     parser.add_argument("--structure-only", action="store_true", help="Only the file-size table of fresh backbones.")
     args = parser.parse_args()
     structure = [

@@ -225,7 +225,8 @@ class OptimizeConfig:
         limit_per_class: At most this many training images per class (quick runs).
         granularity: QAT weight scales `per-channel` (TFLite's default) or
             `per-tensor` (smaller files; for accelerators that need it).
-            Per-tensor folds BatchNorm into the convolutions first. Defaults to `per-channel`.
+            Per-tensor folds BatchNorm into the convolutions first, and wants a higher
+            `qat_lr` and more epochs (measured: 5e-4, 4 epochs). Defaults to `per-channel`.
     """
 
     prune: float | None = None
