@@ -58,8 +58,7 @@ def _foldable_pairs(model) -> dict[str, str]:
     TFMOT's clones leave them) has inbound nodes from both.
     """
     inbound = {
-        layer["name"]: [entry[0] for node in layer["inbound_nodes"] for entry in node]
-        for layer in model.get_config()["layers"]
+        layer["name"]: [entry[0] for node in layer["inbound_nodes"] for entry in node] for layer in model.get_config()["layers"]
     }
     consumers: dict[str, list[str]] = {}
     for name, sources in inbound.items():
