@@ -113,10 +113,13 @@ def fold_batchnorm(model):
     config["layers"] = layers
     config["output_layers"] = _rewire(config["output_layers"], pairs)
     folded = tf_keras.Model.from_config(config)
+    batchnorm_of = {conv: bn for bn, conv in pairs.items()}
     for layer in folded.layers:
         source = model.get_layer(layer.name)
-        bn = next((model.get_layer(b) for b, c in pairs.items() if c == layer.name), None)
-        layer.set_weights(_folded_weights(source, bn) if bn is not None else source.get_weights())
+        if layer.name in batchnorm_of:
+            layer.set_weights(_folded_weights(source, model.get_layer(batchnorm_of[layer.name])))
+        else:
+            layer.set_weights(source.get_weights())
     return folded
 
 
