@@ -218,8 +218,10 @@ class OptimizeConfig:
         prune_layers: Which layers to prune: `conv` (standard and pointwise
             convolutions) and/or `dense` (the head). Defaults to both.
         qat: Quantization-aware training (prune-preserving after pruning).
-        epochs: Fine-tuning epochs of each step. Defaults to 2.
-        lr: Peak learning rate while pruning (cosine-decayed). Defaults to 1e-4.
+        epochs: Fine-tuning epochs of each step. Defaults to 4.
+        lr: Peak learning rate while pruning (cosine-decayed). Defaults to 5e-4
+            (measured: 50 % pruning of the default model then loses no accuracy;
+            2 epochs at 1e-4 lost 3.8 pp).
         qat_lr: Peak learning rate of QAT. Defaults to 1e-5.
         skip_unsupported: Keep layers TFMOT cannot quantize in float instead of failing.
         limit_per_class: At most this many training images per class (quick runs).
@@ -233,8 +235,8 @@ class OptimizeConfig:
     structured: bool = False
     prune_layers: tuple[str, ...] = ("conv", "dense")
     qat: bool = False
-    epochs: int = 2
-    lr: float = 1e-4
+    epochs: int = 4
+    lr: float = 5e-4
     qat_lr: float = 1e-5
     skip_unsupported: bool = False
     limit_per_class: int | None = None
