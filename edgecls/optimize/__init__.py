@@ -6,6 +6,8 @@ Built from TFMOT's own pieces, the way its guides use them:
 `strip_pruning`; `quantize_annotate_model` + `quantize_apply` for QAT; and
 `Default8BitPrunePreserveQuantizeScheme` for pruning-preserving QAT so the
 zeros survive int8. Every function returns a clone and leaves its input as is.
+Per-tensor QAT (`granularity: per-tensor`) lives in `per_tensor.py`: BatchNorm
+folding and a TFMOT scheme whose convolutions keep their weight quantizers.
 
 A run folder gains one sub-folder per stage, each with `model.h5` (HDF5: tf-keras
 cannot reload QAT models from `.keras`) and `metrics.json`:
