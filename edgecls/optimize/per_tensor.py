@@ -170,12 +170,18 @@ class AddDenseReLUQuantize(default_transforms.LayerReLUQuantize):
 
 
 class AddDenseReluActivationQuantize(default_transforms.LayerReLUQuantize):
+    """The same for `Activation('relu')` layers."""
+
     def pattern(self):
         return LayerPattern("Activation", config={"activation": "relu"}, inputs=[LayerPattern("Add|Dense")])
 
 
 class PerTensorLayoutTransform(default_layout.Default8BitQuantizeLayoutTransform):
-    """TFMOT's default 8-bit layout transforms with the convolution + ReLU fix."""
+    """TFMOT's default 8-bit layout transforms with the convolution + ReLU fix.
+
+    The list is TFMOT 0.8.1's own, in its order, with its two ReLU transforms
+    replaced: TFMOT builds it inside `apply`, so it cannot be reused in part.
+    """
 
     def apply(self, model, layer_quantize_map):
         transforms = [
