@@ -34,6 +34,8 @@ CFG
 mkdir -p /run/sshd
 /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log"
 for _ in $(seq 50); do [ -s "$dir/sshd.pid" ] && break; sleep 0.1; done
+# The pinned known_hosts file holds the server's key: with `--known-hosts`, edgecls refuses unknown keys.
+echo "[127.0.0.1]:$port $(cut -d' ' -f1,2 "$dir/host_key.pub")" > "$dir/known_hosts"
 export EDGECLS_TEST_SSH="ssh://$(id -un)@127.0.0.1:$port"
 export EDGECLS_TEST_SSH_KEY="$dir/client_key"
 export EDGECLS_TEST_SSH_KNOWN_HOSTS="$dir/known_hosts"

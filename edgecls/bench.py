@@ -31,18 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.errors import ConfigError, EdgeclsError, RunError
-from edgecls.export import exported_artifacts
-from edgecls.firmware import load_profile
-from edgecls.run import RunDir, atomic_write_json, atomic_write_text
+from edgecls.config import BenchConfig
+from edgecls.devices import DeviceProfile, load_profile
+from edgecls.errors import ConfigError, DeviceError, RunError, UnsavedResultsError
+from edgecls.escape import escape_markdown
+from edgecls.export import artifact_problem, exported_artifacts
+from edgecls.run import FinetuneRecord, RunDir, atomic_write_json, atomic_write_text, check_writable
 
 WORKER = Path(__file__).with_name("worker.py")
-
-
-class DeviceError(EdgeclsError):
-    """A device that cannot be reached, refuses the key, or lacks a runtime."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -67,9 +63,17 @@ class Target:
             rest = text.removeprefix("ssh://")
             user, at, address = rest.rpartition("@")
             host, colon, port = address.partition(":")
-            if at and user and host and (not colon or port.isdigit()):
+            if at and _safe_name(user) and _safe_name(host) and (not colon or (port.isdigit() and 0 < int(port) < 65536)):
                 return cls("ssh", user, host, int(port) if colon else 22)
-        raise ConfigError(f"`--device` must be `host` or `ssh://user@host[:port]`; got {text!r}.")
+        raise ConfigError(
+            f"`--device` must be `host` or `ssh://user@host[:port]` (user and host of letters, digits, `.`, `_`, `-`,"
+            f" not starting with `-`); got {text!r}."
+        )
+
+
+def _safe_name(name: str) -> bool:
+    """A user or host name that `ssh` cannot mistake for an option: [A-Za-z0-9._-], not starting with `-`."""
+    return bool(name) and not name.startswith("-") and all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
 
 
 def peak_gemm_macs_per_second(size: int = 512, repeats: int = 20) -> float:
@@ -84,7 +88,12 @@ def peak_gemm_macs_per_second(size: int = 512, repeats: int = 20) -> float:
 
 def _worker_json(done: subprocess.CompletedProcess, where: str) -> dict[str, Any]:
     lines = done.stdout.strip().splitlines()
-    result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
+    try:
+        result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
+    except ValueError:
+        result = None
+    if not isinstance(result, dict):
+        result = None
     if result and "error" in result:
         raise DeviceError(f"{where}: {result['error']}")
     if done.returncode != 0 or result is None:
@@ -113,7 +122,8 @@ class SSHDevice:
             "-o",
             f"ConnectTimeout={timeout}",
             "-o",
-            "StrictHostKeyChecking=accept-new",
+            # with a pinned known_hosts file an unknown key is refused, never added to it
+            "StrictHostKeyChecking=" + ("yes" if known_hosts else "accept-new"),
         ]
         if known_hosts:
             self.options += ["-o", f"UserKnownHostsFile={known_hosts}"]
@@ -123,7 +133,7 @@ class SSHDevice:
         self.where = f"{target.host}:{target.port}"
 
     def ssh(self, command: str, timeout: int = 1800) -> subprocess.CompletedProcess:
-        args = ["ssh", *self.options, "-p", str(self.target.port), self.address, command]
+        args = ["ssh", *self.options, "-p", str(self.target.port), "--", self.address, command]
         try:
             done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
@@ -140,11 +150,12 @@ class SSHDevice:
                 *self.options,
                 "-P",
                 str(self.target.port),
+                "--",
                 *[f"{self.address}:{s}" for s in sources],
                 folder,
             ]
         else:
-            args = ["scp", *self.options, "-P", str(self.target.port), *map(str, sources), f"{self.address}:{folder}/"]
+            args = ["scp", *self.options, "-P", str(self.target.port), "--", *map(str, sources), f"{self.address}:{folder}/"]
         done = subprocess.run(args, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             raise DeviceError(f"cannot copy files to/from {self.where}: {done.stderr.strip()[-200:]}")
@@ -166,30 +177,33 @@ class SSHDevice:
         self.ssh(f"rm -rf {shlex.quote(folder)}", timeout=self.timeout + 15)
 
 
-def _budget_checks(profile: dict[str, Any], rows: list[dict[str, Any]], run: RunDir) -> list[dict[str, Any]]:
+def _firmware_entries(run: RunDir) -> list[dict[str, Any]]:
+    """The metrics of every finished `firmware/<stage>` entry of the manifest."""
+    stages = run.manifest()["stages"]
+    return [entry.get("metrics", {}) for key, entry in sorted(stages.items()) if key.startswith("firmware/")]
+
+
+def _budget_checks(profile: DeviceProfile, rows: list[dict[str, Any]], run: RunDir) -> list[dict[str, Any]]:
     checks = []
-    if profile.get("kind") == "mcu":
-        for path in sorted(run.path.glob("firmware/*/firmware.json")):
-            firmware = json.loads(path.read_text())
-            checks.append(
-                {
-                    "what": f"flash {firmware['stage']}",
-                    "value": firmware["flash_bytes"],
-                    "budget": profile["flash_bytes"],
-                    "ok": firmware["flash_bytes"] <= profile["flash_bytes"],
-                }
-            )
-            checks.append({"what": f"arena {firmware['stage']}", "value": firmware["arena_bytes"],
-                           "budget": profile["ram_bytes"], "ok": firmware["arena_bytes"] <= profile["ram_bytes"]})  # fmt: skip
+    if profile.kind == "mcu":
+        for firmware in _firmware_entries(run):
+            try:
+                flash, arena, stage = int(firmware["flash_bytes"]), int(firmware["arena_bytes"]), str(firmware["stage"])
+            except (KeyError, TypeError, ValueError):
+                raise RunError(f"a firmware entry of {run.manifest_path} is not shaped as edgecls writes it.") from None
+            for what, value, budget in (("flash", flash, profile.flash_bytes), ("arena", arena, profile.ram_bytes)):
+                checks.append({"what": f"{what} {stage}", "value": value, "budget": budget, "ok": value <= budget})
         if not checks:
-            raise RunError(f"profile {profile['name']} is a microcontroller: run `edgecls firmware {run.path}` first.")
+            raise RunError(f"profile {profile.name} is a microcontroller: run `edgecls firmware {run.path}` first.")
         return checks
     for row in rows:
+        if "p50_ms" not in row:
+            continue  # a failed row has no measurements
         label = f"{row['artifact']} @{row['threads']}t"
         for key, value, budget in (
-            ("bytes", row["bytes"], profile.get("max_model_bytes")),
-            ("p50_ms", row["p50_ms"], profile.get("max_p50_ms")),
-            ("peak_rss_mib", row["peak_rss_mib"], profile.get("max_ram_mib")),
+            ("bytes", row["bytes"], profile.max_model_bytes),
+            ("p50_ms", row["p50_ms"], profile.max_p50_ms),
+            ("peak_rss_mib", row["peak_rss_mib"], profile.max_ram_mib),
         ):
             if budget is not None:
                 checks.append({"what": f"{key} {label}", "value": value, "budget": budget, "ok": value <= budget})
@@ -197,12 +211,12 @@ def _budget_checks(profile: dict[str, Any], rows: list[dict[str, Any]], run: Run
 
 
 def _recommend(run: RunDir, rows: list[dict[str, Any]]) -> str:
-    validated = run.file("validate.json")
-    if not validated.exists():
+    validated = run.stage("validate")
+    if validated is None:
         return "run `edgecls validate` first: only files that pass the validation gate are recommended"
-    passing = {(r["artifact"], r["stage"], r["runtime"]) for r in json.loads(validated.read_text())["rows"]
-               if r["status"] == "pass"}  # fmt: skip
-    candidates = [r for r in rows if (r["artifact"], r["stage"], r["runtime_kind"]) in passing]
+    passing = {(r.get("artifact"), r.get("stage"), r.get("runtime")) for r in validated.get("metrics", {}).get("rows", [])
+               if isinstance(r, dict) and r.get("status") == "pass"}  # fmt: skip
+    candidates = [r for r in rows if r["status"] == "pass" and (r["artifact"], r["stage"], r["runtime_kind"]) in passing]
     if not candidates:
         return "no benchmarked file passed the validation gate"
     best = min(candidates, key=lambda r: r["p50_ms"])
@@ -219,6 +233,11 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
+        if r.get("status") == "fail":
+            threads = "" if r["threads"] is None else r["threads"]
+            lines.append(f"| {r['stage']} | {r['artifact']} | | {r['precision']} | {r['bytes']:,} | {threads} |"
+                         f" **FAIL**: {escape_markdown(r['reason'])} | | | | | | | |")  # fmt: skip
+            continue
         bound = "" if r.get("compute_bound_ms") is None else f"{r['compute_bound_ms']:.3f}"
         lines.append(
             f"| {r['stage']} | {r['artifact']} | {r['runtime']} | {r['precision']} | {r['bytes']:,} | {r['threads']} |"
@@ -236,71 +255,65 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def run_bench(
-    run_path: str | Path,
-    *,
-    device: str = "host",
-    profile: str | None = None,
-    runs: int = 100,
-    warmup: int = 10,
-    threads: list[int] | None = None,
-    ssh_key: str | None = None,
-    known_hosts: str | None = None,
-    remote_python: str = "python3",
-    parity_images: int = 50,
+    run_path: str | Path, cfg: BenchConfig | None = None, *, parity_images: int = 50, trust: bool = False
 ) -> dict[str, Any]:
-    """Benchmark every exported file of a run on `device` and check `profile` budgets.
+    """Benchmark every exported file of a run on `cfg.device` and check `cfg.profile`'s budgets.
+
+    Args:
+        run_path: A run folder with exports.
+        cfg: The `bench` config section; None for the defaults (this host, no profile).
+        parity_images: Test images scored on an SSH device against the host's Keras model.
+        trust: Load Keras models with Lambda layers (`--trust-run`; SSH parity only).
 
     Raises:
         ConfigError: bad `runs`, `warmup`, `threads`, device or profile.
         DeviceError: the SSH device is unreachable, refuses the key, or lacks a runtime.
         RunError: nothing exported (or, for an MCU profile, no firmware).
     """
-    if runs < 1:
-        raise ConfigError(f"`--runs` must be a positive integer; got {runs}.")
-    if warmup < 0:
-        raise ConfigError(f"`--warmup` must be zero or more; got {warmup}.")
-    target = Target.parse(device)
+    cfg = cfg or BenchConfig()
+    runs, warmup, profile = cfg.runs, cfg.warmup, cfg.profile
+    target = Target.parse(cfg.device)
     budgets = load_profile(profile) if profile else None
-    run = RunDir(run_path)
-    artifacts = [(a["stage"], a, a["path"]) for a in exported_artifacts(run)]
-    recorded = run.require_stage("finetune")["inputs"]
     cores = os.cpu_count() or 1
-    thread_counts = sorted(set(threads or [1, cores]))
-    if any(t < 1 for t in thread_counts):
-        raise ConfigError(f"`--threads` must be positive integers; got {thread_counts}.")
-    macs = run.require_stage("finetune")["metrics"].get("macs")
-    rows, parity = [], []
+    thread_counts = sorted(set(cfg.threads or (1, cores)))
+    run = RunDir(run_path)
+    record = run.finetune_record()
+    check_writable(run.path, "fix the run folder's permissions or free some space")  # before the measurements
+    artifacts, rows = [], []
+    for artifact in exported_artifacts(run):
+        problem = artifact_problem(artifact)
+        if problem:  # never measured, never recommended
+            rows.append(_failed_row(artifact, problem))
+        else:
+            artifacts.append((artifact["stage"], artifact, artifact["path"]))
+    macs = run.require_stage("finetune").get("metrics", {}).get("macs")
+    parity = []
     if target.kind == "host":
         peak = peak_gemm_macs_per_second()
         for stage, row, path in artifacts:
             for count in thread_counts:
-                measured = host_run(path, threads=count, runs=runs, warmup=warmup)
+                try:
+                    measured = host_run(path, threads=count, runs=runs, warmup=warmup)
+                except DeviceError as exc:  # the runtime refused or crashed on this file: a failed row
+                    rows.append(_failed_row(row, str(exc), count))
+                    continue
                 rows.append(_bench_row(stage, row, measured, count, macs, peak))
         where = f"host ({os.uname().machine}, {cores} cores)"
     else:
-        ssh = SSHDevice(target, key=ssh_key, known_hosts=known_hosts, python=remote_python)
-        images, reference = _parity_set(run, recorded, parity_images)
+        ssh = SSHDevice(target, key=cfg.ssh_key, known_hosts=cfg.known_hosts, python=cfg.remote_python)
+        images, reference = _parity_set(run, record, parity_images, trust)
+        mode = record.preprocessing
         with tempfile.TemporaryDirectory() as local:
             np.save(Path(local) / "images.npy", images)
             folder = ssh.prepare([path for _, _, path in artifacts] + [Path(local) / "images.npy"])
             try:
                 for stage, row, path in artifacts:
                     for count in thread_counts:
-                        args = [
-                            "bench",
-                            path.name,
-                            "--threads",
-                            str(count),
-                            "--runs",
-                            str(runs),
-                            "--warmup",
-                            str(warmup),
-                        ]
-                        measured = ssh.worker(folder, args + ["--mode", recorded["model"]["preprocessing"]], path.name)
+                        args = ["bench", path.name, "--threads", str(count), "--runs", str(runs), "--warmup", str(warmup)]
+                        measured = ssh.worker(folder, args + ["--mode", mode], path.name)
                         rows.append(_bench_row(stage, row, measured, count, macs, None))
                     out = f"scores_{stage}_{path.stem}_{path.suffix[1:]}.npy"
-                    args = ["scores", path.name, "images.npy", out, "--mode", recorded["model"]["preprocessing"]]
-                    ssh.worker(folder, args, path.name)
+                    ssh.worker(folder, ["scores", path.name, "images.npy", out, "--mode", mode], path.name)
                     ssh.copy([f"{folder}/{out}"], local, download=True)
                     scores = np.load(Path(local) / out)
                     agreement = float(np.mean(scores.argmax(1) == reference[row["source_stage"]].argmax(1)))
@@ -310,24 +323,46 @@ def run_bench(
         where = f"{target.host}:{target.port} over SSH"
     result = {"device": where, "profile": profile, "macs": macs, "rows": rows, "parity": parity}
     result["budgets"] = _budget_checks(budgets, rows, run) if budgets else []
-    result["passed"] = all(c["ok"] for c in result["budgets"])
+    result["passed"] = all(c["ok"] for c in result["budgets"]) and all(r["status"] == "pass" for r in rows)
     result["recommendation"] = _recommend(run, rows)
     result["int8_vs_fp32"] = _speedups(rows)
-    atomic_write_json(run.file("bench.json"), result)
-    atomic_write_text(run.file("bench.md"), markdown(result))
+    headline = {k: result[k] for k in ("device", "profile", "passed", "recommendation")}
+    keys = ("artifact", "stage", "runtime_kind", "precision", "bytes", "threads", "p50_ms", "status", "reason")
+    headline["rows"] = [{k: r.get(k) for k in keys} for r in rows]
+    headline["budgets"] = result["budgets"]
+    try:
+        atomic_write_json(run.file("bench.json"), result)
+        atomic_write_text(run.file("bench.md"), markdown(result))
+        run.record_stage("bench", seed=record.seed, inputs={"artifacts": _inputs(rows)},
+                         outputs=["bench.json", "bench.md"], metrics=headline, warnings=[])  # fmt: skip
+    except RunError as exc:
+        raise UnsavedResultsError(f"the benchmark finished, but its results were not saved: {exc}", result) from None
     return result
+
+
+def _inputs(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """stage/file -> sha256 of the exported files a bench or validate result is about."""
+    return {f"{r['stage']}/{r['artifact']}": r.get("sha256", "") for r in rows}
+
+
+def _failed_row(artifact: dict[str, Any], reason: str, threads: int | None = None) -> dict[str, Any]:
+    """A bench row for a file that was not measured (changed since export, or its runtime failed)."""
+    return {"stage": artifact["stage"], "artifact": artifact["file"], "precision": artifact["precision"],
+            "bytes": artifact["bytes"], "sha256": artifact["sha256"], "threads": threads,
+            "status": "fail", "reason": reason}  # fmt: skip
 
 
 def _bench_row(stage, row, measured, threads, macs, peak) -> dict[str, Any]:
     kind = "litert" if row["format"] == "tflite" else "onnxruntime"
     bound = None if not (macs and peak) else macs / peak * 1000
     return {"stage": stage, "artifact": row["file"], "precision": row["precision"], "bytes": row["bytes"],
-            "runtime_kind": kind, **measured, "threads": threads, "compute_bound_ms": bound}  # fmt: skip
+            "sha256": row["sha256"], "runtime_kind": kind, **measured, "threads": threads, "compute_bound_ms": bound,
+            "status": "pass"}  # fmt: skip
 
 
 def _speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """int8 p50 / fp32 p50 per stage, runtime and thread count (a ratio > 1 means int8 is faster)."""
-    index = {(r["stage"], r["runtime_kind"], r["threads"], r["precision"]): r["p50_ms"] for r in rows}
+    index = {(r["stage"], r["runtime_kind"], r["threads"], r["precision"]): r["p50_ms"] for r in rows if r["status"] == "pass"}
     out = []
     for (stage, kind, threads, precision), p50 in index.items():
         fp32 = index.get((stage, kind, threads, "fp32"))
@@ -336,18 +371,15 @@ def _speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _parity_set(run: RunDir, recorded: dict[str, Any], count: int):
+def _parity_set(run: RunDir, record: FinetuneRecord, count: int, trust: bool):
     """uint8 test images and the host Keras scores of every source stage, for on-device parity."""
-    from edgecls.config import DataConfig
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
-    from edgecls.optimize import load_stage_model
 
-    per_class = -(-count // len(recorded["class_names"]))
-    cfg = DataConfig(**{**recorded["data_config"], "test_limit_per_class": per_class})
-    split, _ = load_split(cfg, recorded["model"]["input_size"], recorded["seed"], "test")
+    per_class = -(-count // len(record.class_names))
+    split, _ = load_split(record.data(test_limit_per_class=per_class), record.input_size, record.seed, "test")
     images = split.images[:count]
-    floats = preprocess_numpy(images, recorded["model"]["preprocessing"])
+    floats = preprocess_numpy(images, record.preprocessing)
     stages = {artifact["source_stage"] for artifact in exported_artifacts(run)}
-    reference = {s: load_stage_model(run, s)[0].predict(floats, verbose=0) for s in stages}
+    reference = {s: run.load_model(s, trust=trust)[0].predict(floats, verbose=0) for s in stages}
     return images, reference

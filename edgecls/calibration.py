@@ -30,7 +30,7 @@ def _digest(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
 
 
-def select_calibration_ids(labels: np.ndarray, samples: int, seed: int) -> np.ndarray:
+def select_calibration_ids(labels: np.ndarray, samples: int, seed: int, flag: str = "--samples") -> np.ndarray:
     """Indices of `samples` images spread evenly over the classes (seeded, sorted).
 
     The remainder of `samples / classes` goes to the first classes.
@@ -43,12 +43,12 @@ def select_calibration_ids(labels: np.ndarray, samples: int, seed: int) -> np.nd
         pool = np.flatnonzero(labels == label)
         want = base + (1 if rank < extra else 0)
         if want > len(pool):
-            raise ConfigError(f"`--samples` {samples} asks {want} images of class {label}; it has {len(pool)}.")
+            raise ConfigError(f"`{flag}` {samples} asks {want} images of class {label}; it has {len(pool)}.")
         chosen.append(rng.choice(pool, size=want, replace=False))
     return np.sort(np.concatenate(chosen))
 
 
-def build_calibration(source: str, *, samples: int, seed: int, input_size: int) -> dict[str, Any]:
+def build_calibration(source: str, *, samples: int, seed: int, input_size: int, flag: str = "--samples") -> dict[str, Any]:
     """Select, decode and hash a calibration set; returns the manifest (nothing written).
 
     Args:
@@ -61,9 +61,11 @@ def build_calibration(source: str, *, samples: int, seed: int, input_size: int) 
         ConfigError: `samples` out of range. DataError: an unreadable selected image.
     """
     if samples < 1:
-        raise ConfigError(f"`--samples` must be a positive integer; got {samples}.")
+        raise ConfigError(f"`{flag}` must be a positive integer; got {samples}.")
+    if not 32 <= input_size <= 1024:
+        raise ConfigError(f"`--input-size` must be in [32, 1024] pixels; got {input_size}.")
     listed = list_source(source)
-    index = select_calibration_ids(listed.train.labels, samples, seed)
+    index = select_calibration_ids(listed.train.labels, samples, seed, flag)
     decoded = decode_split(listed.train.subset(index), input_size, on_bad_image="error")
     counts = np.bincount(decoded.labels, minlength=len(listed.class_names))
     return {
@@ -91,12 +93,25 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"`--calibration` must be an existing calibration manifest; got {str(path)!r}.")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"calibration manifest {path} is not valid JSON ({exc.msg}).") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        manifest = json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DataError(f"calibration manifest {path} is not valid JSON ({getattr(exc, 'msg', 'not UTF-8')}).") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA or not _well_formed(manifest):
         raise DataError(f"{path} is not an edgecls calibration manifest (schema {SCHEMA}).")
     return manifest
+
+
+def _well_formed(manifest: dict[str, Any]) -> bool:
+    """The fields `load_calibration` reads, with their types."""
+    images = manifest.get("images")
+    return (
+        isinstance(manifest.get("source"), str)
+        and isinstance(manifest.get("input_size"), int)
+        and isinstance(manifest.get("pixels_sha256"), str)
+        and isinstance(images, list)
+        and bool(images)
+        and all(isinstance(e, dict) and isinstance(e.get("id"), str) and isinstance(e.get("sha256"), str) for e in images)
+    )
 
 
 def load_calibration(manifest: dict[str, Any], *, source: str | None = None, input_size: int | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ traceback. Results go to stdout, diagnostics to stderr.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgecls.errors import EdgeclsError
+from edgecls.errors import ConfigError, EdgeclsError, StageInterruptedError, UnsavedResultsError
 
 app = typer.Typer(
     add_completion=False,
@@ -31,6 +32,66 @@ _DEBUG = {"on": False}
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (e.g. a run's config.yaml).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override any config key: section.key=value.")]
+TrustOpt = Annotated[
+    bool,
+    typer.Option("--trust-run", help="Load model files with Lambda layers (they run code): only for runs you trust."),
+]
+# Config keys whose command-line flag is not `--<key>`.
+FLAGS = {
+    "data.source": "--data",
+    "model.name": "--model",
+    "export.formats": "--format",
+    "export.precisions": "--precision",
+    "optimize.structured": "--structured-2-4",
+}
+
+
+def command(function):
+    """Register a CLI command: `--debug` switches tracebacks on, and Ctrl-C becomes one clear line (exit 130).
+
+    (typer would turn KeyboardInterrupt into a silent exit 130.)
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        _DEBUG["on"] = bool(kwargs.get("debug"))
+        try:
+            return function(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise StageInterruptedError(f"interrupted: `edgecls {function.__name__}` recorded nothing new.") from None
+
+    return app.command(name=function.__name__.rstrip("_"))(wrapper)
+
+
+def _flag(key: str) -> str:
+    return FLAGS.get(key, "--" + key.split(".", 1)[-1].replace("_", "-"))
+
+
+def load_cli_config(path: Path | None, flags: dict[str, Any], sets: list[str] | None, names: dict[str, str] | None = None):
+    """The `EdgeConfig` of `--config`, the command's flags and `--set`; an error names the flag the user typed.
+
+    Args:
+        path: A YAML config, or None for the defaults.
+        flags: Config key -> the value of the flag that sets it (None when not given).
+        sets: `--set section.key=value` items.
+        names: Flag names that differ from `--<key>` for this command (e.g. calibrate's `--samples`).
+    """
+    from edgecls.config import load_config
+
+    try:
+        return load_config(path, {**flags, **_parse_sets(sets)})
+    except ConfigError as exc:
+        message = str(exc)
+        for key, value in flags.items():
+            if value is not None and message.startswith(f"`{key}`"):
+                raise ConfigError(f"`{(names or {}).get(key, _flag(key))}`" + message[len(key) + 2 :]) from None
+        raise
+
+
+def stage_config(run: Path, config: Path | None, flags: dict[str, Any], sets: list[str] | None):
+    """The config of a later stage: `--config`, else the run's own saved config.yaml; then flags and `--set`."""
+    saved = run / "config.yaml"
+    return load_cli_config(config if config is not None else (saved if saved.is_file() else None), flags, sets)
 
 
 def import_tensorflow() -> None:
@@ -60,7 +121,7 @@ def _parse_sets(values: list[str] | None) -> dict[str, Any]:
     return overrides
 
 
-@app.command()
+@command
 def finetune(
     config: ConfigOpt = None,
     data: Annotated[str | None, typer.Option(help="`cifar10`, an image folder, or a .tar.gz/.zip of one.")] = None,
@@ -96,8 +157,7 @@ def finetune(
     """Fine-tune an ImageNet-pretrained backbone into runs/<name>/."""
     from edgecls.config import load_config
 
-    _DEBUG["on"] = debug
-    overrides = {
+    flags = {
         "data.source": data,
         "model.name": model,
         "model.alpha": alpha,
@@ -123,26 +183,31 @@ def finetune(
         "run.seed": seed,
         "run.name": name,
         "run.runs_dir": runs_dir,
-        **_parse_sets(set_),
     }
-    cfg = load_config(config, overrides)
+    cfg = load_cli_config(config, flags, set_)
     if resume:
-        given = [k for k, v in overrides.items() if v is not None and k not in ("run.name", "run.runs_dir")]
-        if given or config is not None:
-            raise typer.BadParameter(f"`--resume` continues the run's saved config; drop {given[0] if given else '--config'}.")
+        given = [_flag(k) for k, v in flags.items() if v is not None and k not in ("run.name", "run.runs_dir")]
+        if given or set_ or config is not None:
+            drop = given[0] if given else ("--set" if set_ else "--config")
+            raise typer.BadParameter(f"`--resume` continues the run's saved config; drop {drop}.")
         saved = cfg.run_path / "config.yaml"
         if saved.is_file():
             cfg = load_config(saved)
     import_tensorflow()
     from edgecls.train import run_finetune
 
-    entry = run_finetune(cfg, force=force, resume=resume)
+    try:
+        entry = run_finetune(cfg, force=force, resume=resume)
+    except KeyboardInterrupt:
+        raise StageInterruptedError(
+            f"interrupted; continue with `edgecls finetune --name {cfg.run_name} --runs-dir {cfg.run.runs_dir} --resume`."
+        ) from None
     for line in entry["warnings"]:
         warn(line)
     _print_metrics(f"finetune: {cfg.run_path}", entry["metrics"])
 
 
-@app.command()
+@command
 def optimize(
     run: Annotated[Path, typer.Argument(help="A run folder with a finished finetune stage.")],
     prune: Annotated[float | None, typer.Option(help="Target sparsity in (0, 1).")] = None,
@@ -158,13 +223,13 @@ def optimize(
     limit_per_class: Annotated[int | None, typer.Option(help="At most N training images per class.")] = None,
     granularity: Annotated[str | None, typer.Option(help="QAT weight scales: per-channel | per-tensor.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo a finished stage.")] = False,
+    trust_run: TrustOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Prune and/or quantization-aware train a fine-tuned run (stages prune, qat, pqat)."""
-    from edgecls.config import load_config
-
-    _DEBUG["on"] = debug
-    overrides = {
+    flags = {
         "optimize.prune": prune,
         "optimize.structured": structured or None,
         "optimize.prune_layers": prune_layers,
@@ -176,17 +241,17 @@ def optimize(
         "optimize.limit_per_class": limit_per_class,
         "optimize.granularity": granularity,
     }
-    opt = load_config(overrides=overrides).optimize
+    opt = stage_config(run, config, flags, set_).optimize
     import_tensorflow()
     from edgecls.optimize import run_optimize
 
-    for entry in run_optimize(run, opt, force=force):
+    for entry in run_optimize(run, opt, force=force, trust=trust_run):
         for line in entry["warnings"]:
             warn(line)
         _print_metrics(f"optimize: {run}", entry["metrics"])
 
 
-@app.command()
+@command
 def export(
     run: Annotated[Path, typer.Argument(help="A run folder.")],
     int8: Annotated[bool, typer.Option("--int8", help="int8 TFLite and ONNX plus their fp32 references.")] = False,
@@ -204,13 +269,13 @@ def export(
         bool, typer.Option("--strip-strings", help="TFLite: drop tensor names and signatures (smaller flash).")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export of the stage.")] = False,
+    trust_run: TrustOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Export a run stage to TFLite and ONNX (int8 calibrated on one shared set) with a check table."""
-    from edgecls.config import load_config
-
-    _DEBUG["on"] = debug
-    overrides = {
+    flags = {
         "export.formats": format_,
         "export.precisions": "fp32,int8" if int8 and precision is None else precision,
         "export.io": io,
@@ -221,11 +286,11 @@ def export(
         "export.granularity": granularity,
         "export.strip_strings": strip_strings or None,
     }
-    cfg = load_config(overrides=overrides).export
+    cfg = stage_config(run, config, flags, set_).export
     import_tensorflow()
     from edgecls.export import run_export
 
-    entry = run_export(run, cfg, force=force)
+    entry = run_export(run, cfg, force=force, trust=trust_run)
     summary = entry["metrics"]
     table = Table(title=f"export: {run}/export/{summary['stage']} (int8 weights {summary['granularity']})")
     for column in ("file", "precision", "from", "bytes", "I/O", "check acc", "Keras acc", "agreement", "sha256"):
@@ -240,58 +305,74 @@ def export(
     out.print(table)
 
 
-@app.command()
+@command
 def calibrate(
-    data: Annotated[str, typer.Option(help="An image folder or archive (its train split is used).")],
-    samples: Annotated[int, typer.Option(help="Training images, spread evenly over the classes.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed of the selection.")] = 0,
-    input_size: Annotated[int, typer.Option(help="Side the pixels are decoded and hashed at.")] = 128,
+    data: Annotated[str | None, typer.Option(help="An image folder or archive (its train split is used).")] = None,
+    samples: Annotated[int | None, typer.Option(help="Training images, spread evenly over the classes.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the selection.")] = None,
+    input_size: Annotated[int | None, typer.Option(help="Side the pixels are decoded and hashed at.")] = None,
     output: Annotated[Path | None, typer.Option(help="Manifest path (default calibration/<name>.json).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Build a reproducible calibration manifest (ids and pixel hashes of training images)."""
-    _DEBUG["on"] = debug
+    """Build a reproducible calibration manifest (ids and pixel hashes of training images).
+
+    Reads `data.source`, `model.input_size`, `export.calibration_samples` and `export.calibration_seed`.
+    """
+    flags = {
+        "data.source": data,
+        "model.input_size": input_size,
+        "export.calibration_samples": samples,
+        "export.calibration_seed": seed,
+    }
+    cfg = load_cli_config(config, flags, set_, {"export.calibration_samples": "--samples", "export.calibration_seed": "--seed"})
+    if cfg.data.source == "cifar10" and data is None and config is None:
+        raise ConfigError("`--data` must name an image folder or archive (or `cifar10`); it is required here.")
+    samples, seed, input_size = cfg.export.calibration_samples, cfg.export.calibration_seed, cfg.model.input_size
     import_tensorflow()
     from edgecls.calibration import build_calibration
     from edgecls.run import atomic_write_json, check_writable
 
-    stem = Path(data).name.split(".")[0] or "data"
+    stem = Path(cfg.data.source).name.split(".")[0] or "data"
     output = output or Path("calibration") / f"{stem}_{samples}_{input_size}px_seed{seed}.json"
-    check_writable(output.parent)
-    manifest = build_calibration(data, samples=samples, seed=seed, input_size=input_size)
+    if output.is_dir():
+        raise ConfigError(f"`--output` must be a file path for the manifest; {output} is a folder.")
+    check_writable(output.parent, "choose another `--output`")
+    manifest = build_calibration(cfg.data.source, samples=samples, seed=seed, input_size=input_size)
     atomic_write_json(output, manifest)
     out.print(f"{output}: {manifest['samples']} images, pixels sha256 {manifest['pixels_sha256'][:16]}…")
 
 
-@app.command()
+@command
 def firmware(
     run: Annotated[Path, typer.Argument(help="A run folder with an int8 export.")],
     stage: Annotated[str | None, typer.Option(help="Export to use: finetune | prune | qat | pqat.")] = None,
     model: Annotated[Path | None, typer.Option(help="Another .tflite file instead of the run's export.")] = None,
-    namespace: Annotated[str, typer.Option(help="C++ namespace of the symbols; `none` for none.")] = "edgecls_model",
-    prefix: Annotated[str, typer.Option(help="Prefix of the generated symbols, e.g. g_.")] = "",
-    arena_margin: Annotated[float, typer.Option(help="Safety margin on the measured arena.")] = 0.1,
-    parity_images: Annotated[int, typer.Option(help="Test images compared TFLM vs LiteRT.")] = 100,
+    namespace: Annotated[str | None, typer.Option(help="C++ namespace of the symbols; `none` for none.")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Prefix of the generated symbols, e.g. g_.")] = None,
+    arena_margin: Annotated[float | None, typer.Option(help="Safety margin on the measured arena.")] = None,
+    parity_images: Annotated[int | None, typer.Option(help="Test images compared TFLM vs LiteRT.")] = None,
     device: Annotated[str | None, typer.Option(help="Device profile for flash/RAM budgets.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild existing assets.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """TFLite Micro assets (C array, settings, op resolver) with a measured tensor arena."""
-    _DEBUG["on"] = debug
+    flags = {
+        "firmware.stage": stage,
+        "firmware.namespace": namespace,
+        "firmware.prefix": prefix,
+        "firmware.arena_margin": arena_margin,
+        "firmware.parity_images": parity_images,
+        "firmware.device": device,
+    }
+    cfg = stage_config(run, config, flags, set_).firmware
     import_tensorflow()
     from edgecls.firmware import run_firmware
 
-    entry = run_firmware(
-        run,
-        stage=stage,
-        model=model,
-        namespace=None if namespace == "none" else namespace,
-        prefix=prefix,
-        margin=arena_margin,
-        parity_images=parity_images,
-        device=device,
-        force=force,
-    )
+    entry = run_firmware(run, cfg, model=model, force=force)
     metrics = entry["metrics"]
     parity = metrics["parity"]
     summary = {
@@ -313,25 +394,36 @@ def firmware(
     _print_metrics("firmware", summary)
 
 
-@app.command()
+@command
 def validate(
     run: Annotated[Path, typer.Argument(help="A run folder with exports.")],
     stage: Annotated[str | None, typer.Option(help="Only this export stage.")] = None,
-    min_agreement_fp32: Annotated[float, typer.Option(help="Gate: fp32 top-1 agreement with Keras.")] = 0.999,
-    min_agreement_fp16: Annotated[float, typer.Option(help="Gate: fp16 top-1 agreement with Keras.")] = 0.995,
-    max_int8_drop: Annotated[float, typer.Option(help="Gate: accuracy points int8/dynamic may lose.")] = 1.0,
-    tflm_images: Annotated[int, typer.Option(help="Test images for the TFLite Micro rows (0: none).")] = 200,
+    min_agreement_fp32: Annotated[float | None, typer.Option(help="Gate: fp32 top-1 agreement with Keras.")] = None,
+    min_agreement_fp16: Annotated[float | None, typer.Option(help="Gate: fp16 top-1 agreement with Keras.")] = None,
+    max_int8_drop: Annotated[float | None, typer.Option(help="Gate: accuracy points int8/dynamic may lose.")] = None,
+    tflm_images: Annotated[int | None, typer.Option(help="Test images for the TFLite Micro rows (0: none).")] = None,
+    trust_run: TrustOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Every exported file on the full test split vs its Keras model; exit 1 if a row fails the gate."""
-    _DEBUG["on"] = debug
-    if tflm_images < 0:
-        raise typer.BadParameter(f"`--tflm-images` must be zero or more; got {tflm_images}.")
+    flags = {
+        "validate.stage": stage,
+        "validate.min_agreement_fp32": min_agreement_fp32,
+        "validate.min_agreement_fp16": min_agreement_fp16,
+        "validate.max_int8_drop": max_int8_drop,
+        "validate.tflm_images": tflm_images,
+    }
+    cfg = stage_config(run, config, flags, set_).validate
     import_tensorflow()
-    from edgecls.validate import Gate, markdown, run_validate
+    from edgecls.validate import markdown, run_validate
 
-    gate = Gate(min_agreement_fp32, min_agreement_fp16, max_int8_drop)
-    result = run_validate(run, stage=stage, gate=gate, tflm_images=tflm_images)
+    try:
+        result = run_validate(run, cfg, trust=trust_run)
+    except UnsavedResultsError as exc:
+        out.print(markdown(exc.result["rows"]), markup=False, highlight=False)  # computed: show it anyway
+        raise
     out.print(markdown(result["rows"]), markup=False, highlight=False)
     failed = [r for r in result["rows"] if r["status"] != "pass"]
     if failed:
@@ -339,50 +431,106 @@ def validate(
         raise typer.Exit(1)
 
 
-@app.command()
+@command
 def bench(
     run: Annotated[Path, typer.Argument(help="A run folder with exports.")],
-    device: Annotated[str, typer.Option(help="host, or ssh://user@host[:port].")] = "host",
+    device: Annotated[str | None, typer.Option(help="host, or ssh://user@host[:port].")] = None,
     profile: Annotated[str | None, typer.Option(help="Device profile whose budgets to check.")] = None,
-    runs: Annotated[int, typer.Option(help="Timed single-image runs per file.")] = 100,
-    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
+    runs: Annotated[int | None, typer.Option(help="Timed single-image runs per file.")] = None,
+    warmup: Annotated[int | None, typer.Option(help="Untimed runs first.")] = None,
     threads: Annotated[str | None, typer.Option(help="Comma list of thread counts (default 1 and all).")] = None,
     ssh_key: Annotated[str | None, typer.Option(help="Private key for the SSH device.")] = None,
     known_hosts: Annotated[str | None, typer.Option(help="known_hosts file for the SSH device.")] = None,
-    remote_python: Annotated[str, typer.Option(help="Python on the device.")] = "python3",
+    remote_python: Annotated[str | None, typer.Option(help="Python on the device.")] = None,
+    trust_run: TrustOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Latency, throughput and memory of every exported file on a device; exit 1 over a budget."""
-    _DEBUG["on"] = debug
-    try:
-        counts = [int(t) for t in threads.split(",")] if threads else None
-    except ValueError:
-        raise typer.BadParameter(f"`--threads` must be a comma list of integers; got {threads!r}.") from None
+    flags = {
+        "bench.device": device,
+        "bench.profile": profile,
+        "bench.runs": runs,
+        "bench.warmup": warmup,
+        "bench.threads": threads,
+        "bench.ssh_key": ssh_key,
+        "bench.known_hosts": known_hosts,
+        "bench.remote_python": remote_python,
+    }
+    cfg = stage_config(run, config, flags, set_).bench
     import_tensorflow()
     from edgecls.bench import markdown, run_bench
 
-    result = run_bench(
-        run, device=device, profile=profile, runs=runs, warmup=warmup, threads=counts, ssh_key=ssh_key,
-        known_hosts=known_hosts, remote_python=remote_python,
-    )  # fmt: skip
+    try:
+        result = run_bench(run, cfg, trust=trust_run)
+    except UnsavedResultsError as exc:
+        out.print(markdown(exc.result), markup=False, highlight=False)  # measured: show it anyway
+        raise
     out.print(markdown(result), markup=False, highlight=False)
     if not result["passed"]:
-        err.print(f"edgecls: over budget of profile {profile}", markup=False)
+        failed = [r for r in result["rows"] if r["status"] != "pass"]
+        why = f"{len(failed)} file(s) not measured" if failed else f"over budget of profile {cfg.profile}"
+        err.print(f"edgecls: bench failed: {why}", markup=False)
         raise typer.Exit(1)
 
 
-@app.command()
+@command
+def report(
+    run: Annotated[Path, typer.Argument(help="A run folder with a finished finetune stage.")],
+    trust_run: TrustOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """report.md and a self-contained report.html with plots, for every stage the run finished."""
+    import_tensorflow()
+    from edgecls.report import run_report
+
+    entry = run_report(run, trust=trust_run)
+    _print_metrics(f"report: {run}", {"report.html": str(run / "report.html"), "figures": ", ".join(entry["metrics"]["figures"])})
+
+
+@command
+def run_(
+    config: Annotated[Path, typer.Argument(help="A YAML config (see configs/).")],
+    set_: SetOpt = None,
+    trust_run: TrustOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """The whole chain from one config: finetune, optimize, export, firmware, validate, bench, report.
+
+    A stage whose config and inputs are unchanged since the last `edgecls run` is skipped; an
+    interrupted run continues where it stopped. Exit 1 when a gate or budget failed (after the report).
+    """
+    cfg = load_cli_config(config, {}, set_)
+    import_tensorflow()
+    from edgecls.pipeline import pipeline_summary, run_pipeline
+
+    def progress(stage: str, what: str, detail: str) -> None:
+        err.print(f"edgecls run: {stage}: {'running' if what == 'run' else what}" + (f" ({detail})" if detail else ""),
+                  markup=False, highlight=False)  # fmt: skip
+
+    try:
+        result = run_pipeline(cfg, trust=trust_run, progress=progress)
+    except KeyboardInterrupt:
+        raise StageInterruptedError(f"interrupted; `edgecls run {config}` continues where it stopped.") from None
+    _print_metrics(f"edgecls run: {cfg.run_path}", pipeline_summary(result))
+    if not result.passed:
+        err.print(f"edgecls: run failed: {'; '.join(result.failures)} (see {cfg.run_path / 'report.html'})", markup=False)
+        raise typer.Exit(1)
+
+
+@command
 def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder.")],
     data: Annotated[str | None, typer.Option(help="Another data source with the same classes.")] = None,
+    trust_run: TrustOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Re-compute the test metrics of a run's saved model (writes nothing)."""
-    _DEBUG["on"] = debug
     import_tensorflow()
     from edgecls.metrics import run_evaluate
 
-    metrics = run_evaluate(run, data)
+    metrics = run_evaluate(run, data, trust=trust_run)
     _print_metrics(f"evaluate: {run}", {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
     table = Table("class", "accuracy")
     for class_name, accuracy in metrics["per_class_accuracy"].items():
@@ -390,13 +538,14 @@ def evaluate(
     out.print(table)
 
 
-@app.command()
+@command
 def models(
     input_size: Annotated[int, typer.Option(help="Input side for the MAC count.")] = 128,
     debug: DebugOpt = False,
 ) -> None:
     """List every backbone: parameters, MACs at an input size, ImageNet weights."""
-    _DEBUG["on"] = debug
+    if not 32 <= input_size <= 224:
+        raise ConfigError(f"`--input-size` must be in [32, 224] pixels; got {input_size}.")
     import_tensorflow()
     from edgecls.models import SPECS, create_model, list_models
     from edgecls.models.stats import model_stats
@@ -431,9 +580,12 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to one stderr line and an exit status."""
-    command = typer.main.get_command(app)
+    click_command = typer.main.get_command(app)
     try:
-        status = command.main(args=argv, prog_name="edgecls", standalone_mode=False)
+        status = click_command.main(args=argv, prog_name="edgecls", standalone_mode=False)
+    except StageInterruptedError as exc:
+        err.print(f"edgecls: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
     except EdgeclsError as exc:
         if _DEBUG["on"]:
             raise

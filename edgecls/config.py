@@ -17,9 +17,10 @@ from typing import Any, Literal
 import yaml
 
 from edgecls.errors import ConfigError
-from edgecls.models.specs import get_spec
+from edgecls.models.specs import check_model_arguments, get_spec
 
 AUGMENTATIONS = ("crop", "flip", "color")
+BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
 def _fail(key: str, allowed: str, got: Any, fix: str = "") -> None:
@@ -115,28 +116,7 @@ class ModelConfig:
     dropout: float = 0.2
 
     def __post_init__(self) -> None:
-        spec = get_spec(self.name)
-        if self.alpha is None:
-            object.__setattr__(self, "alpha", spec.default_alpha)
-        low, high = spec.alpha_range
-        if not low <= self.alpha <= high:
-            allowed = f"{low}" if low == high else f"in [{low}, {high}]"
-            _fail("model.alpha", f"{allowed} for {self.name}", self.alpha)
-        if self.weights == "imagenet" and self.alpha not in spec.imagenet_alphas:
-            _fail(
-                "model.alpha",
-                f"one of {list(spec.imagenet_alphas)} with ImageNet weights for {self.name}",
-                self.alpha,
-                "Use `--weights none` to train another width from scratch.",
-            )
-        if not spec.min_input_size <= self.input_size <= spec.max_input_size:
-            _fail(
-                "model.input_size",
-                f"in [{spec.min_input_size}, {spec.max_input_size}] for {self.name}",
-                self.input_size,
-            )
-        if self.weights not in {"imagenet", "none"} and not Path(self.weights).is_file():
-            _fail("model.weights", "`imagenet`, `none` or an existing .h5 file", self.weights)
+        object.__setattr__(self, "alpha", check_model_arguments(self.name, self.alpha, self.input_size, self.weights))
         if not 0.0 <= self.dropout < 1.0:
             _fail("model.dropout", "in [0, 1)", self.dropout)
 
@@ -315,6 +295,117 @@ class ExportConfig:
 
 
 EXPORT_STAGES = ("finetune", "prune", "qat", "pqat")
+PIPELINE_STAGES = ("finetune", "optimize", "export", "firmware", "validate", "bench", "report")
+
+
+@dataclass(frozen=True)
+class FirmwareConfig:
+    """What `edgecls firmware` generates.
+
+    Attributes:
+        stage: Export stage whose int8 TFLite file to use; None for the most optimized exported.
+        namespace: C++ namespace of the generated symbols; `none` for none. Defaults to `edgecls_model`.
+        prefix: Prefix of the generated symbols (e.g. `g_`). Defaults to none.
+        arena_margin: Safety margin on the measured tensor arena, in [0, 1]. Defaults to 0.1.
+        parity_images: Test images compared between TFLite Micro and LiteRT. Defaults to 100.
+        device: A microcontroller profile (shipped name or YAML path) to check flash and RAM against.
+    """
+
+    stage: str | None = None
+    namespace: str = "edgecls_model"
+    prefix: str = ""
+    arena_margin: float = 0.1
+    parity_images: int = 100
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.stage is not None and self.stage not in EXPORT_STAGES:
+            _fail("firmware.stage", "one of " + ", ".join(EXPORT_STAGES), self.stage)
+        if not 0.0 <= self.arena_margin <= 1.0:
+            _fail("firmware.arena_margin", "in [0, 1]", self.arena_margin)
+        if self.parity_images < 1:
+            _fail("firmware.parity_images", "a positive integer", self.parity_images)
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """The gate of `edgecls validate`: every exported file against the Keras model it came from.
+
+    Attributes:
+        stage: Only this export stage; None for all.
+        min_agreement_fp32: Top-1 agreement with Keras an fp32 file needs, in [0, 1]. Defaults to 0.999.
+        min_agreement_fp16: The same for fp16. Defaults to 0.995.
+        max_int8_drop: Accuracy points a dynamic-range or int8 file may lose, in [0, 100]. Defaults to 1.0.
+        tflm_images: Test images (stratified) for the TFLite Micro rows; 0 for none. Defaults to 200.
+    """
+
+    stage: str | None = None
+    min_agreement_fp32: float = 0.999
+    min_agreement_fp16: float = 0.995
+    max_int8_drop: float = 1.0
+    tflm_images: int = 200
+
+    def __post_init__(self) -> None:
+        if self.stage is not None and self.stage not in EXPORT_STAGES:
+            _fail("validate.stage", "one of " + ", ".join(EXPORT_STAGES), self.stage)
+        for key in ("min_agreement_fp32", "min_agreement_fp16"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                _fail(f"validate.{key}", "a fraction in [0, 1]", getattr(self, key))
+        if not 0.0 <= self.max_int8_drop <= 100.0:
+            _fail("validate.max_int8_drop", "in [0, 100] percentage points", self.max_int8_drop)
+        if self.tflm_images < 0:
+            _fail("validate.tflm_images", "zero or more", self.tflm_images)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Where and how `edgecls bench` measures.
+
+    Attributes:
+        device: `host`, or `ssh://user@host[:port]`. Defaults to `host`.
+        profile: A device profile (shipped name or YAML path) whose budgets to check.
+        runs: Timed single-image runs per file. Defaults to 100.
+        warmup: Untimed runs first. Defaults to 10.
+        threads: Thread counts; empty for 1 and all cores.
+        ssh_key: Private key for the SSH device.
+        known_hosts: known_hosts file that pins the SSH device's key.
+        remote_python: Python on the device. Defaults to `python3`.
+    """
+
+    device: str = "host"
+    profile: str | None = None
+    runs: int = 100
+    warmup: int = 10
+    threads: tuple[int, ...] = ()
+    ssh_key: str | None = None
+    known_hosts: str | None = None
+    remote_python: str = "python3"
+
+    def __post_init__(self) -> None:
+        if self.runs < 1:
+            _fail("bench.runs", "a positive integer", self.runs)
+        if self.warmup < 0:
+            _fail("bench.warmup", "zero or more", self.warmup)
+        if any(t < 1 for t in self.threads):
+            _fail("bench.threads", "positive integers", list(self.threads))
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What `edgecls run` chains.
+
+    Attributes:
+        stages: The stages to run, in pipeline order, among finetune, optimize, export, firmware,
+            validate, bench, report. Defaults to all (optimize runs only if `optimize.prune` or `optimize.qat`
+            asks for something; firmware only if an int8 TFLite file is exported).
+    """
+
+    stages: tuple[str, ...] = PIPELINE_STAGES
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in PIPELINE_STAGES]
+        if unknown or "finetune" not in self.stages:
+            _fail("pipeline.stages", "a subset of " + ", ".join(PIPELINE_STAGES) + " that includes finetune", unknown or [])
 
 
 @dataclass(frozen=True)
@@ -327,6 +418,10 @@ class EdgeConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
         if self.train.batchnorm is None:
@@ -392,6 +487,8 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
+            return BOOLEAN_WORDS[value.lower()]  # `--set export.strip_strings=true` arrives as a string
         _fail(key, "true or false", value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -414,7 +511,48 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def _build_section(cls: type, values: Any, prefix: str) -> Any:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (YAML would let the last one win silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key `{key}` is given twice (line {key_node.start_mark.line + 1}).")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Parse a YAML file as plain data (safe loader, no duplicate keys, UTF-8).
+
+    Args:
+        path: The file.
+        what: How to name it in errors, e.g. "`--config`".
+
+    Raises:
+        ConfigError: missing, not a file, not UTF-8 text, not valid YAML, or a duplicate key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} must be an existing YAML file; got {str(path)!r}.")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file; {what} must be YAML.") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}.") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
+def build_section(cls: type, values: Any, prefix: str) -> Any:
+    """A `cls` dataclass from a mapping, each value coerced to its field's type; unknown keys are errors."""
     if not isinstance(values, dict):
         _fail(prefix, "a mapping", values)
     hints = typing.get_type_hints(cls)
@@ -439,7 +577,7 @@ def config_from_dict(values: dict[str, Any]) -> EdgeConfig:
     for key in values:
         if key not in sections:
             raise ConfigError(f"unknown config section `{key}`; valid sections are: {', '.join(sections)}.")
-    built = {k: _build_section(hints[k], v or {}, k) for k, v in values.items()}
+    built = {k: build_section(hints[k], {} if v is None else v, k) for k, v in values.items()}
     return EdgeConfig(**built)
 
 
@@ -466,13 +604,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     Raises:
         ConfigError: the file is missing or not valid YAML, or a key/value is invalid.
     """
-    values: dict[str, Any] = {}
+    values: Any = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"`--config` must be an existing YAML file; got {str(path)!r}.")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        values = read_yaml(path, "`--config`")
+        values = {} if values is None else values
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} must be a mapping of config sections; got a {type(values).__name__}.")
+        for section, body in values.items():
+            if body is not None and not isinstance(body, dict):
+                raise ConfigError(f"config section `{section}` in {path} must be a mapping of keys; got {body!r}.")
     return config_from_dict(apply_overrides(values, overrides or {}))

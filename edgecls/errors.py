@@ -41,7 +41,41 @@ class StageError(EdgeclsError):
     exit_code = 1
 
 
-class ConversionError(EdgeclsError):
-    """A converter (TFLite, tf2onnx, ONNX Runtime quantizer) rejected the model."""
+class ConversionError(StageError):
+    """A converter (TFLite, tf2onnx, ONNX Runtime quantizer) rejected the model: the stage failed."""
+
+
+class IntegrityError(EdgeclsError):
+    """An untrusted file refused: its sha256 differs from the manifest's, its bytes are not the format
+    its name says, it would run code when loaded, or a path it names leads outside its folder."""
 
     exit_code = 2
+
+
+class DeviceError(EdgeclsError):
+    """A device that cannot be reached, refuses the key, lacks a runtime, or answers nonsense."""
+
+    exit_code = 2
+
+
+class WorkerError(StageError):
+    """A runtime (LiteRT, ONNX Runtime, TFLite Micro) that refused a model file or crashed on it,
+    in the child process that ran it."""
+
+
+class StageInterruptedError(EdgeclsError):
+    """Ctrl-C or SIGTERM: the stage stopped; the message says how to continue."""
+
+    exit_code = 130
+
+
+class UnsavedResultsError(RunError):
+    """A stage finished its work but could not write its results (disk full, read-only folder).
+
+    Attributes:
+        result: What was computed, so the CLI can still show it.
+    """
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result

@@ -17,6 +17,7 @@ a safety margin (default 10 %) is added on top and both numbers are reported.
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Any
@@ -24,10 +25,27 @@ from typing import Any
 import numpy as np
 
 from edgecls import __version__
-from edgecls.errors import ConfigError, RunError, StageError
-from edgecls.run import RunDir, atomic_write_json, atomic_write_text, quiet_native_stderr, sha256_file, staged_folder
+from edgecls.config import FirmwareConfig
+from edgecls.errors import ConfigError, IntegrityError, RunError, StageError
+from edgecls.escape import c_comment, c_string
+from edgecls.run import (
+    RunDir,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    quiet_native_stderr,
+    sha256_file,
+    staged_folder,
+)
 
-ASSETS = Path(__file__).resolve().parents[1] / "firmware_assets"
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data: present in a wheel install too
+C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CPP_KEYWORDS = frozenset(
+    """alignas alignof and asm auto bool break case catch char class const constexpr continue decltype default delete do
+    double else enum explicit export extern false float for friend goto if inline int long mutable namespace new
+    noexcept not nullptr operator or private protected public register return short signed sizeof static struct
+    switch template this throw true try typedef typename union unsigned using virtual void volatile while""".split()  # noqa: SIM905
+)
 MAX_ARENA = 64 << 20
 ALIGN = 16
 # TFLite builtin op -> MicroMutableOpResolver call (the ops edgecls' models can contain).
@@ -111,6 +129,27 @@ def measure_arena(flatbuffer: bytes, upper: int = MAX_ARENA) -> int:
     return high
 
 
+def analyze(flatbuffer: bytes, floats: np.ndarray, name: str) -> dict[str, Any]:
+    """Every native step on the model, meant for a child process (`call_isolated`): a corrupt file may crash them.
+
+    Checks it is a TFLM-ready int8 model, measures the arena, and scores `floats` (preprocessed
+    test images) on TFLM and on LiteRT's reference kernels with the same quantized inputs.
+    """
+    from edgecls.worker import quantize
+
+    details = check_int8(flatbuffer, name)
+    measured = measure_arena(flatbuffer)
+    inputs = quantize(floats, *details["input"]["quantization"], details["input"]["dtype"])
+    return {
+        "input": {k: details["input"][k] for k in ("dtype", "quantization")},
+        "output": {k: details["output"][k] for k in ("dtype", "quantization")},
+        "ops": model_ops(flatbuffer),
+        "arena_measured": measured,
+        "micro": tflm_scores(flatbuffer, measured, inputs),
+        "lite": litert_scores(flatbuffer, inputs),
+    }
+
+
 def tflm_scores(flatbuffer: bytes, arena: int, images: np.ndarray) -> np.ndarray:
     """Raw (quantized) TFLM outputs for already-quantized input images, one invoke each."""
     interpreter = _tflm(flatbuffer, arena)
@@ -141,9 +180,9 @@ def _c_array(data: bytes, per_line: int = 12) -> str:
 
 
 def _render(template: str, values: dict[str, Any]) -> str:
-    path = ASSETS / "templates" / template
+    path = TEMPLATES / template
     if not path.exists():
-        raise RunError(f"firmware template {path} is missing (install edgecls from its repository checkout).")
+        raise RunError(f"firmware template {path} is missing: the edgecls installation is incomplete; reinstall it.")
     return string.Template(path.read_text()).substitute(values)
 
 
@@ -161,7 +200,7 @@ def write_assets(folder: Path, flatbuffer: bytes, info: dict[str, Any], *, names
     guard = (namespace or prefix.rstrip("_") or "edgecls").upper()
     common = {
         "version": __version__,
-        "source": info["source"],
+        "source": c_comment(info["source"]),
         "bytes": len(flatbuffer),
         "sha256": info["sha256"],
         "guard": guard,
@@ -178,7 +217,7 @@ def write_assets(folder: Path, flatbuffer: bytes, info: dict[str, Any], *, names
                 **common,
                 **info["settings"],
                 "tflm_version": getattr(_version, "__version__", "?"),
-                "labels": ", ".join(f'"{label}"' for label in info["labels"]),
+                "labels": ", ".join(c_string(label) for label in info["labels"]),
             },
         ),
         "op_resolver.h": _render(
@@ -190,40 +229,23 @@ def write_assets(folder: Path, flatbuffer: bytes, info: dict[str, Any], *, names
             },
         ),
     }
-    files["README.md"] = (ASSETS / "templates" / "README.md").read_text()
+    files["README.md"] = (TEMPLATES / "README.md").read_text()
     for name, text in files.items():
         atomic_write_text(folder / name, text)
     return sorted(files)
 
 
-PROFILES = Path(__file__).resolve().parent / "profiles"
+def _int8_export(run: RunDir, stage: str | None) -> tuple[str, dict[str, Any]]:
+    """The int8 TFLite artifact of `stage`'s export (default: the most optimized one exported)."""
+    from edgecls.export import exported_artifacts
 
-
-def load_profile(name: str) -> dict[str, Any]:
-    """A device profile: a name shipped with edgecls (`edgecls/profiles/<name>.yaml`) or a YAML file.
-
-    Raises:
-        ConfigError: no such profile (the message lists the shipped ones), or a malformed file.
-    """
-    import yaml
-
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILES / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
-        raise ConfigError(f"the device profile must be one of {known} or a YAML file; got {name!r}.")
-    profile = yaml.safe_load(path.read_text())
-    if not isinstance(profile, dict) or profile.get("kind") not in ("mcu", "linux") or "name" not in profile:
-        raise ConfigError(f"profile {path} needs `name` and `kind: mcu|linux`.")
-    return profile
-
-
-def _int8_export(run: RunDir, stage: str | None) -> tuple[str, Path]:
     order = [stage] if stage else ["pqat", "qat", "prune", "finetune"]
     for candidate in order:
-        path = run.file(f"export/{candidate}/model_int8.tflite")
-        if run.stage(f"export/{candidate}") is not None and path.exists():
-            return candidate, path
-    run.require_stage("finetune")
+        if run.stage(f"export/{candidate}") is None:
+            continue
+        for artifact in exported_artifacts(run, candidate):
+            if artifact["file"] == "model_int8.tflite":
+                return candidate, artifact
     raise RunError(f"run {run.path} has no int8 TFLite model: run `edgecls export {run.path} --int8` first.")
 
 
@@ -250,27 +272,18 @@ def check_int8(flatbuffer: bytes, name: str) -> dict[str, Any]:
 
 def run_firmware(
     run_path: str | Path,
+    cfg: FirmwareConfig | None = None,
     *,
-    stage: str | None = None,
     model: str | Path | None = None,
-    namespace: str | None = "edgecls_model",
-    prefix: str = "",
-    margin: float = 0.1,
-    parity_images: int = 100,
-    device: str | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
     """Write TFLM firmware assets for a run's int8 model, with a measured arena and TFLM parity.
 
     Args:
         run_path: A run folder with an int8 export.
-        stage: Which export (`finetune`, `prune`, `qat`, `pqat`); default the most optimized.
+        cfg: The `firmware` config section (stage, namespace, prefix, arena margin, parity images,
+            device profile); None for the defaults.
         model: Another .tflite file instead of the run's export (its labels come from the run).
-        namespace: C++ namespace of the generated symbols; None for none.
-        prefix: Prefix of the generated symbols (e.g. `g_`).
-        margin: Safety margin added to the measured arena. Defaults to 0.1.
-        parity_images: Test images compared between TFLM and LiteRT. Defaults to 100.
-        device: A device profile to check flash and RAM against.
         force: Replace earlier assets of the same stage.
 
     Raises:
@@ -278,46 +291,47 @@ def run_firmware(
         ConfigError: a float model, ops TFLM does not support, an unknown device, a bad option.
         StageError: the arena search cannot allocate even at 64 MiB.
     """
-    from edgecls.config import DataConfig
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
-    from edgecls.worker import quantize
+    from edgecls.devices import load_profile
+    from edgecls.export import artifact_problem
+    from edgecls.runtimes import call_isolated
 
-    if not 0 <= margin <= 1:
-        raise ConfigError(f"`--arena-margin` must be in [0, 1]; got {margin}.")
-    if parity_images < 1:
-        raise ConfigError(f"`--parity-images` must be a positive integer; got {parity_images}.")
-    if namespace is not None and not namespace.isidentifier():
-        raise ConfigError(f"`--namespace` must be a C++ identifier; got {namespace!r}.")
-    if prefix and not prefix.isidentifier():
-        raise ConfigError(f"`--prefix` must be a C identifier prefix; got {prefix!r}.")
-    profile = load_profile(device) if device else None
+    cfg = cfg or FirmwareConfig()
+    stage, prefix, margin, parity_images = cfg.stage, cfg.prefix, cfg.arena_margin, cfg.parity_images
+    namespace = None if cfg.namespace == "none" else cfg.namespace
+    if namespace is not None and not (C_IDENTIFIER.fullmatch(namespace) and namespace not in CPP_KEYWORDS):
+        raise ConfigError(f"`--namespace` must be an ASCII C++ identifier (not a keyword), or `none`; got {namespace!r}.")
+    if prefix and not C_IDENTIFIER.fullmatch(prefix):
+        raise ConfigError(f"`--prefix` must be an ASCII C identifier prefix such as g_; got {prefix!r}.")
+    profile = load_profile(cfg.device) if cfg.device else None
     run = RunDir(run_path)
+    record = run.finetune_record()
     if model is not None:
-        run.require_stage("finetune")
         stage, path = stage or "custom", Path(model)
         if not path.is_file():
             raise ConfigError(f"`--model` must be an existing .tflite file; got {str(path)!r}.")
     else:
-        stage, path = _int8_export(run, stage)
+        stage, artifact = _int8_export(run, stage)
+        path = artifact["path"]
+        problem = artifact_problem(artifact)
+        if problem:
+            raise IntegrityError(f"{path}: {problem}; re-export it with `edgecls export {run.path} --force`.")
     key = f"firmware/{stage}"
     if run.stage(key) is not None and not force:
         raise RunError(f"run {run.path} already has firmware assets for `{stage}`; pass `--force` to rebuild them.")
     flatbuffer = path.read_bytes()
-    details = check_int8(flatbuffer, path.name)
-    measured = measure_arena(flatbuffer)
-    arena = -(-int(measured * (1 + margin)) // ALIGN) * ALIGN
+    if len(flatbuffer) < 8 or flatbuffer[4:8] != b"TFL3":
+        raise ConfigError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier).")
+    check_writable(run.path, "fix the run folder's permissions or free some space")
 
-    recorded = run.require_stage("finetune")["inputs"]
-    per_class = -(-parity_images // len(recorded["class_names"]))
-    data_cfg = DataConfig(**{**recorded["data_config"], "test_limit_per_class": per_class})
-    split, _ = load_split(data_cfg, recorded["model"]["input_size"], recorded["seed"], "test")
+    per_class = -(-parity_images // len(record.class_names))
+    split, _ = load_split(record.data(test_limit_per_class=per_class), record.input_size, record.seed, "test")
     pick = np.arange(len(split))[:parity_images]
-    floats = preprocess_numpy(split.images[pick], recorded["model"]["preprocessing"])
-    inputs = quantize(floats, *details["input"]["quantization"], details["input"]["dtype"])
-    with quiet_native_stderr():
-        micro = tflm_scores(flatbuffer, arena, inputs)
-    lite = litert_scores(flatbuffer, inputs)
+    floats = preprocess_numpy(split.images[pick], record.preprocessing)
+    found = call_isolated(analyze, flatbuffer, floats, path.name)  # a crash is a failed stage, not a dead edgecls
+    details, measured, micro, lite = found, found["arena_measured"], found["micro"], found["lite"]
+    arena = -(-int(measured * (1 + margin)) // ALIGN) * ALIGN
     difference = np.abs(micro.astype(np.int32) - lite.astype(np.int32))
     out_scale, out_zero = details["output"]["quantization"]
     parity = {
@@ -329,13 +343,13 @@ def run_firmware(
         "tflm_accuracy": float(np.mean(micro.argmax(1) == split.labels[pick])),
         "litert_accuracy": float(np.mean(lite.argmax(1) == split.labels[pick])),
     }
-    size = recorded["model"]["input_size"]
+    size = record.input_size
     in_scale, in_zero = details["input"]["quantization"]
     info = {
         "source": str(path.relative_to(run.path)) if path.is_relative_to(run.path) else str(path),
         "sha256": sha256_file(path),
-        "labels": recorded["class_names"],
-        "ops": model_ops(flatbuffer),
+        "labels": list(record.class_names),
+        "ops": found["ops"],
         "settings": {
             "input_height": size,
             "input_width": size,
@@ -346,8 +360,8 @@ def run_firmware(
             "input_zero_point": int(in_zero),
             "output_scale": repr(float(out_scale)),
             "output_zero_point": int(out_zero),
-            "num_classes": len(recorded["class_names"]),
-            "normalization": "p / 127.5 - 1" if recorded["model"]["preprocessing"] == "tf" else "BGR, p - mean",
+            "num_classes": len(record.class_names),
+            "normalization": "p / 127.5 - 1" if record.preprocessing == "tf" else "BGR, p - mean",
             "arena_measured": measured,
             "arena_size": arena,
             "margin_percent": round(margin * 100),
@@ -369,14 +383,16 @@ def run_firmware(
             "harness_defines": harness_defines(namespace, prefix),
         }
         if profile:
+            if profile.kind != "mcu":
+                raise ConfigError(f"`--device` must be a microcontroller profile for firmware; {profile.name} is {profile.kind}.")
             summary["device"] = {
-                "profile": profile["name"],
-                "flash_budget": profile["flash_bytes"],
-                "ram_budget": profile["ram_bytes"],
-                "flash_ok": len(flatbuffer) <= profile["flash_bytes"],
-                "ram_ok": arena <= profile["ram_bytes"],
+                "profile": profile.name,
+                "flash_budget": profile.flash_bytes,
+                "ram_budget": profile.ram_bytes,
+                "flash_ok": len(flatbuffer) <= profile.flash_bytes,
+                "ram_ok": arena <= profile.ram_bytes,
             }
         atomic_write_json(tmp / "firmware.json", summary)
     outputs = [f"firmware/{stage}/{name}" for name in [*files, "firmware.json"]]
-    return run.record_stage(key, seed=recorded["seed"], inputs={"model": info["source"]}, outputs=outputs,
+    return run.record_stage(key, seed=record.seed, inputs={"model": info["source"]}, outputs=outputs,
                             metrics=summary, warnings=[])  # fmt: skip

@@ -52,51 +52,37 @@ def evaluate_model(model, split, class_names: list[str], *, mode: str, batch_siz
     return classification_metrics(split.labels, scores.argmax(axis=1), class_names)
 
 
-def load_run_model(run_path: str | Path, stage: str = "finetune"):
-    """The Keras model a finished stage saved (uncompiled: for inference and further stages), with its manifest entry."""
-    import tf_keras
-
-    from edgecls.errors import RunError
-    from edgecls.run import RunDir
-
-    run = RunDir(run_path)
-    entry = run.require_stage(stage)
-    model_file = entry["metrics"].get("model_file", "model.keras")
-    if not run.file(model_file).exists():
-        raise RunError(f"run {run.path} lists {model_file} but the file is missing.")
-    return tf_keras.models.load_model(str(run.file(model_file)), compile=False), entry
-
-
-def run_evaluate(run_path: str | Path, data: str | None = None, *, batch_size: int = 128) -> dict[str, Any]:
+def run_evaluate(run_path: str | Path, data: str | None = None, *, batch_size: int = 128, trust: bool = False) -> dict[str, Any]:
     """Re-compute the test metrics of a finished run's model.
 
     Args:
         run_path: The run folder.
         data: Another source with the same classes; None for the run's own.
         batch_size: Images per inference batch.
+        trust: Load a model with Lambda layers (`--trust-run`).
 
     Returns:
         The metrics dict (same shape as metrics.json). Nothing is written.
 
     Raises:
         RunError: no finished finetune stage. DataError: the classes differ.
+        IntegrityError: the model file was changed or would run code.
     """
-    from edgecls.config import DataConfig
     from edgecls.data import load_dataset
+    from edgecls.run import RunDir
 
-    model, entry = load_run_model(run_path)
-    recorded = entry["inputs"]
-    data_cfg = DataConfig(**recorded["data_config"])
+    run = RunDir(run_path)
+    record = run.finetune_record()
+    model, _ = run.load_model("finetune", trust=trust)
+    data_cfg = record.data()
     if data is not None:
-        data_cfg = DataConfig(source=data, val_fraction=0.0, test_fraction=data_cfg.test_fraction)
-    dataset = load_dataset(data_cfg, recorded["model"]["input_size"], recorded["seed"])
-    if dataset.class_names != recorded["class_names"]:
+        data_cfg = record.data(source=data, val_fraction=0.0, limit_per_class=None, test_limit_per_class=None)
+    dataset = load_dataset(data_cfg, record.input_size, record.seed)
+    if tuple(dataset.class_names) != record.class_names:
         raise DataError(
             f"the classes of {data_cfg.source} ({', '.join(dataset.class_names)}) differ from the "
-            f"run's ({', '.join(recorded['class_names'])})."
+            f"run's ({', '.join(record.class_names)})."
         )
-    metrics = evaluate_model(
-        model, dataset.test, dataset.class_names, mode=recorded["model"]["preprocessing"], batch_size=batch_size
-    )
+    metrics = evaluate_model(model, dataset.test, dataset.class_names, mode=record.preprocessing, batch_size=batch_size)
     metrics["data_source"] = dataset.info["source"]
     return metrics

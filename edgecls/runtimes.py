@@ -24,7 +24,8 @@ import numpy as np
 from edgecls.worker import OnnxModel, TFLiteModel, WorkerError, dequantize, open_model, quantize
 
 __all__ = [
-    "KerasRunner", "OnnxModel", "TFLMRunner", "TFLiteModel", "WorkerError", "isolated_scores", "open_runner", "predict",
+    "KerasRunner", "OnnxModel", "TFLMRunner", "TFLiteModel", "WorkerError", "call_isolated", "isolated_scores",
+    "open_runner", "predict", "tflm_scores_isolated",
 ]  # fmt: skip
 
 
@@ -86,6 +87,66 @@ class TFLMRunner:
 def predict(runner, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Scores of `runner` over preprocessed float images, in batches."""
     return np.concatenate([runner.run(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def _child(connection, function, args) -> None:
+    """Run `function(*args)` in the child; send back ("ok", value) or ("error", message)."""
+    from edgecls.run import quiet_native_stderr
+
+    try:
+        with quiet_native_stderr():
+            connection.send(("ok", function(*args)))
+    except Exception as exc:  # the parent turns it into one WorkerError line
+        connection.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:240] if str(exc) else ''}"))
+    finally:
+        connection.close()
+
+
+def call_isolated(function, *args, timeout: float = 1800):
+    """`function(*args)` in a fresh (spawned) Python process, so a native crash cannot end edgecls.
+
+    Args:
+        function: A module-level function (it is pickled by name).
+        args: Picklable arguments; the result must be picklable too.
+        timeout: Seconds before the child is killed.
+
+    Raises:
+        WorkerError: the function raised (its message), the child crashed (the signal is named) or timed out.
+    """
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(send, function, args), daemon=True)
+    process.start()
+    send.close()
+    try:
+        if not receive.poll(timeout):
+            process.kill()
+            raise WorkerError(f"the runtime did not finish within {timeout:.0f} s")
+        status, value = receive.recv()
+    except EOFError:  # the child died without answering
+        process.join(10)
+        code = process.exitcode
+        what = signal.Signals(-code).name if code is not None and code < 0 else f"exit status {code}"
+        raise WorkerError(f"the runtime crashed ({what}) on this file") from None
+    finally:
+        process.join(10)
+        receive.close()
+    if status == "error":
+        raise WorkerError(value)
+    return value
+
+
+def _tflm_scores(path: str, images: np.ndarray, arena: int | None) -> np.ndarray:
+    runner = TFLMRunner(path, arena)
+    return predict(runner, images)
+
+
+def tflm_scores_isolated(path: str | Path, images: np.ndarray, arena: int | None = None) -> np.ndarray:
+    """Float scores of an int8 .tflite file on TFLite Micro, for preprocessed float images, in a child process."""
+    return call_isolated(_tflm_scores, str(path), images, arena)
 
 
 def isolated_scores(path: str | Path, images: np.ndarray, *, mode: str, timeout: float = 1800) -> np.ndarray:

@@ -20,12 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from edgecls.run import RunDir, atomic_write_json, atomic_write_text
+from edgecls.config import ValidateConfig
+from edgecls.errors import RunError, UnsavedResultsError
+from edgecls.escape import escape_markdown
+from edgecls.run import RunDir, atomic_write_json, atomic_write_text, check_writable
 
 
 @dataclass(frozen=True)
 class Gate:
-    """Pass/fail thresholds of `edgecls validate`.
+    """Pass/fail thresholds of `edgecls validate` (from the `validate` config section, which checks them).
 
     Attributes:
         fp32_min_agreement: Top-1 agreement with Keras an fp32 file needs. Defaults to 0.999.
@@ -37,14 +40,18 @@ class Gate:
     fp16_min_agreement: float = 0.995
     int8_max_drop_pp: float = 1.0
 
+    @classmethod
+    def from_config(cls, cfg: ValidateConfig) -> Gate:
+        return cls(cfg.min_agreement_fp32, cfg.min_agreement_fp16, cfg.max_int8_drop)
+
     def judge(self, precision: str, agreement: float, delta_pp: float) -> str | None:
         """None when the row passes, else the reason."""
         if precision in ("fp32", "fp16"):
             need = self.fp32_min_agreement if precision == "fp32" else self.fp16_min_agreement
-            if agreement < need:
+            if agreement < need - 1e-12:
                 return f"agreement {agreement:.4f} < {need}"
             return None
-        if -delta_pp > self.int8_max_drop_pp:
+        if -delta_pp > self.int8_max_drop_pp + 1e-9:  # on 100 images one image is exactly 1 pp, give or take a float ulp
             return f"accuracy {delta_pp:+.2f} pp vs Keras, allowed -{self.int8_max_drop_pp}"
         return None
 
@@ -111,47 +118,45 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 f"| {r['accuracy']:.4f} | {r['delta_pp']:+.2f} | {r['agreement']:.4f} | {r['max_abs_error']:.4f} |"
                 f" {r['mean_abs_error']:.5f} "
             )
-        status = "pass" if r["status"] == "pass" else f"**FAIL**: {r['reason']}"
+        status = "pass" if r["status"] == "pass" else f"**FAIL**: {escape_markdown(r['reason'])}"
         lines.append(
-            f"| {r['artifact']} | {r['stage']} | {r['runtime']} | {r['precision']} | {r['bytes']:,} | {r['images']} "
+            f"| {escape_markdown(r['artifact'])} | {escape_markdown(r['stage'])} | {r['runtime']} | {r['precision']}"
+            f" | {r['bytes']:,} | {r['images']} "
             f"{numbers}| {status} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def run_validate(
-    run_path: str | Path, *, stage: str | None = None, gate: Gate | None = None, tflm_images: int = 200
-) -> dict[str, Any]:
+def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, trust: bool = False) -> dict[str, Any]:
     """Validate every exported artifact of a run on the full test split.
 
     Args:
         run_path: A run folder with at least one export.
-        stage: Only this export stage; None for all.
-        gate: Thresholds; None for the defaults.
-        tflm_images: Test images (stratified) for the TFLite Micro rows; 0 skips them.
+        cfg: The `validate` config section (stage, gate thresholds, TFLite Micro images); None for the defaults.
+        trust: Load Keras models with Lambda layers (`--trust-run`).
 
     Returns:
         `{"passed": bool, "rows": [...], "gate": {...}}`, also written to
         validate.json and validate.md.
     """
-    from edgecls.config import DataConfig
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
-    from edgecls.export import exported_artifacts
-    from edgecls.optimize import load_stage_model
-    from edgecls.runtimes import KerasRunner, TFLMRunner, WorkerError, isolated_scores, predict
+    from edgecls.export import artifact_problem, exported_artifacts
+    from edgecls.runtimes import KerasRunner, WorkerError, isolated_scores, predict, tflm_scores_isolated
 
-    gate = gate or Gate()
+    cfg = cfg or ValidateConfig()
+    gate, stage, tflm_images = Gate.from_config(cfg), cfg.stage, cfg.tflm_images
     run = RunDir(run_path)
     artifacts = exported_artifacts(run, stage)
-    recorded = run.require_stage("finetune")["inputs"]
-    mode, size = recorded["model"]["preprocessing"], recorded["model"]["input_size"]
-    test, _ = load_split(DataConfig(**recorded["data_config"]), size, recorded["seed"], "test")
+    record = run.finetune_record()
+    check_writable(run.path, "fix the run folder's permissions or free some space")  # before minutes of inference
+    mode, size = record.preprocessing, record.input_size
+    test, _ = load_split(record.data(), size, record.seed, "test")
     images = preprocess_numpy(test.images, mode)
     references: dict[str, np.ndarray] = {}
     for source in sorted({a["source_stage"] for a in artifacts}):
-        references[source] = predict(KerasRunner(load_stage_model(run, source)[0]), images, batch_size=256)
-    classes = len(recorded["class_names"])
+        references[source] = predict(KerasRunner(run.load_model(source, trust=trust)[0]), images, batch_size=256)
+    classes = len(record.class_names)
     per_class = [np.flatnonzero(test.labels == c)[: max(1, tflm_images // classes)] for c in range(classes)]
     per_class = np.concatenate(per_class)
     subset = np.sort(per_class)[:tflm_images]
@@ -161,7 +166,7 @@ def run_validate(
         reference = references[artifact["source_stage"]]
         keras_acc = float(np.mean(reference.argmax(1) == test.labels))
         runtime = "litert" if artifact["format"] == "tflite" else "onnxruntime"
-        problem = verify_model_file(artifact["path"])
+        problem = artifact_problem(artifact) or verify_model_file(artifact["path"])
         scores = None
         if problem is None:
             try:
@@ -171,9 +176,22 @@ def run_validate(
         rows.append(_row(artifact, runtime, scores, test.labels, reference, keras_acc, gate, problem))
         if artifact["format"] == "tflite" and artifact["precision"] == "int8" and tflm_images and problem is None:
             sub_keras = float(np.mean(reference[subset].argmax(1) == test.labels[subset]))
-            micro = predict(TFLMRunner(artifact["path"]), images[subset])
-            rows.append(_row(artifact, "tflite-micro", micro, test.labels[subset], reference[subset], sub_keras, gate))
+            micro, reason = None, None
+            try:
+                micro = tflm_scores_isolated(artifact["path"], images[subset])
+            except WorkerError as exc:
+                reason = str(exc)
+            rows.append(_row(artifact, "tflite-micro", micro, test.labels[subset], reference[subset], sub_keras, gate, reason))
     result = {"passed": all(r["status"] == "pass" for r in rows), "gate": asdict(gate), "rows": rows}
-    atomic_write_json(run.file("validate.json"), result)
-    atomic_write_text(run.file("validate.md"), markdown(rows))
+    keys = ("artifact", "stage", "runtime", "precision", "bytes", "accuracy", "delta_pp", "agreement", "status", "reason")
+    summary = [{k: r.get(k) for k in keys} for r in rows]
+    inputs = {f"{a['stage']}/{a['file']}": a["sha256"] for a in artifacts}
+    try:
+        atomic_write_json(run.file("validate.json"), result)
+        atomic_write_text(run.file("validate.md"), markdown(rows))
+        run.record_stage("validate", seed=record.seed, inputs={"artifacts": inputs, "gate": asdict(gate)},
+                         outputs=["validate.json", "validate.md"], metrics={"passed": result["passed"], "rows": summary},
+                         warnings=[])  # fmt: skip
+    except RunError as exc:
+        raise UnsavedResultsError(f"validation finished, but its results were not saved: {exc}", result) from None
     return result

@@ -28,8 +28,12 @@ import numpy as np
 MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
 
 
-class WorkerError(Exception):
-    """A clear, expected failure (missing runtime, unreadable model)."""
+try:  # on the host: edgecls' own error type; on a device this file stands alone
+    from edgecls.errors import WorkerError
+except ImportError:
+
+    class WorkerError(Exception):
+        """A clear, expected failure (missing runtime, unreadable model)."""
 
 
 def quantize(values: np.ndarray, scale: float, zero_point: int, dtype) -> np.ndarray:

@@ -86,10 +86,25 @@ def keras_home(tmp_path_factory) -> Path:
         os.environ["KERAS_HOME"] = previous
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` with its size and mtime: a test compares two to prove nothing was written."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def assert_one_error(code: int, err: str, expected_code: int, message: str) -> None:
+    """Exactly one `edgecls: error:` line holding `message`, the expected exit status, no traceback."""
+    assert code == expected_code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgecls: error: "), err
+    assert "Traceback" not in err
+    assert message in err, err
+
+
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """Run the CLI in-process; returns (exit status, stdout, stderr)."""
     from edgecls.cli import main
 
+    capsys.readouterr()  # drop what the test itself printed before the command
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err

@@ -135,9 +135,9 @@ def load_dataset(cfg: DataConfig, input_size: int, seed: int) -> Dataset:
         for name, raw in (("train", train_raw), ("val", val_raw), ("test", test_raw))
     }
     skipped = [image_id for split in splits.values() for image_id in split.skipped]
-    warnings = []
+    warnings = list(source.notes)
     if skipped:
-        warnings.append(f"skipped {len(skipped)} unreadable file(s), first: {skipped[0]}")
+        warnings.append(f"skipped {len(skipped)} unreadable or oversized file(s), first: {skipped[0]}")
     for name, split in splits.items():
         if name != "val" and len(split) == 0:
             raise DataError(f"no readable images left in the {name} split of {cfg.source}.")

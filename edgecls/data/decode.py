@@ -3,7 +3,9 @@
 Any format `tf.io.decode_image` reads (JPEG, PNG, GIF, BMP) is accepted;
 grayscale and RGBA become RGB, and every image is resized to the model's square
 input size. Unreadable files are found in the same pass (`ignore_errors` on an
-indexed dataset), so there is no second scan.
+indexed dataset), so there is no second scan. An image whose header declares more
+than `MAX_PIXELS` pixels is skipped the same way, before it is decoded: a 1 MB PNG
+can declare a 20,000 x 20,000 canvas (1.2 GB decoded).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from edgecls.data.sources import RawSplit
 from edgecls.errors import DataError
 
 DECODE_BATCH = 256
+MAX_PIXELS = 1 << 26  # 67 M pixels (8192 x 8192); Pillow's decompression-bomb limit is 89 M
 
 
 @dataclass
@@ -55,6 +58,28 @@ def _resize(image, size: int):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
+def header_pixels(data):
+    """Width x height that a JPEG, PNG, GIF or BMP header declares, read without decoding (0 for other formats)."""
+    import tensorflow as tf
+
+    def product(values):
+        return tf.reduce_prod(tf.abs(tf.cast(values, tf.int64)))
+
+    def field(offset: int, dtype, little_endian: bool):
+        return tf.io.decode_raw(tf.strings.substr(data, offset, 8 if dtype == tf.int32 else 4), dtype, little_endian=little_endian)
+
+    magic = tf.strings.substr(data, 0, 4)
+    return tf.case(
+        [
+            (tf.io.is_jpeg(data), lambda: product(tf.image.extract_jpeg_shape(data)[:2])),
+            (tf.equal(magic, b"\x89PNG"), lambda: product(field(16, tf.int32, False))),
+            (tf.equal(tf.strings.substr(data, 0, 3), b"GIF"), lambda: product(field(6, tf.uint16, True))),
+            (tf.equal(tf.strings.substr(data, 0, 2), b"BM"), lambda: product(field(18, tf.int32, True))),
+        ],
+        default=lambda: tf.constant(0, tf.int64),
+    )
+
+
 def decode_split(raw: RawSplit, size: int, *, on_bad_image: str = "skip") -> DecodedSplit:
     """Decode and resize every image of `raw` to `size` x `size` RGB.
 
@@ -74,7 +99,9 @@ def decode_split(raw: RawSplit, size: int, *, on_bad_image: str = "skip") -> Dec
 
     def decode(index, item):
         data = tf.io.read_file(item) if raw.kind == "path" else item
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        too_large = tf.debugging.assert_less_equal(header_pixels(data), tf.constant(MAX_PIXELS, tf.int64))
+        with tf.control_dependencies([too_large]):  # an error here skips the file like an unreadable one
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
         image.set_shape([None, None, 3])
         return index, _resize(image, size)
 

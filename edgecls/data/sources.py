@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ import numpy as np
 from edgecls.errors import DataError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+MAX_MEMBER_BYTES = 64 << 20  # one image file in an archive; anything larger is not a photo but a bomb
+MAX_ARCHIVE_BYTES = 16 << 30  # all members together, uncompressed (they are held in memory)
 SPLIT_NAMES = ("train", "test")
 Payload = Literal["bytes", "path", "pixels"]
 
@@ -66,6 +69,7 @@ class Source:
         test: The test images, or None when the source has no test split.
         fingerprint: sha256 of the archive file, or of the folder's listing
             (relative paths and sizes) for folders.
+        notes: What listing skipped (pipes, devices, broken links), one line each.
     """
 
     description: str
@@ -92,10 +96,16 @@ def list_source(source: str) -> Source:
     if not path.exists():
         raise DataError(f"data source {source} does not exist (pass `cifar10`, a folder or an archive).")
     if path.is_dir():
-        files = _walk_folder(path)
+        files, skipped = _walk_folder(path)
         fingerprint = _listing_digest((rel, os.path.getsize(p) if p else 0) for rel, p in files)
-        return _from_listing(str(path), files, "path", fingerprint)
+        listed = _from_listing(str(path), files, "path", fingerprint)
+        if skipped:
+            what = "entries that are not regular files or are broken links"
+            listed.notes.append(f"skipped {len(skipped)} {what}, first: {skipped[0]}")
+        return listed
     name = path.name.lower()
+    if not path.is_file():
+        raise DataError(f"data source {source} is neither a folder nor a regular file (a pipe or a device?).")
     if not name.endswith(ARCHIVE_SUFFIXES):
         raise DataError(f"data source {source} is a file but not an archive: use a folder or a {'/'.join(ARCHIVE_SUFFIXES)} file.")
     from edgecls.run import sha256_file
@@ -108,8 +118,13 @@ def _is_hidden(rel: str) -> bool:
     return any(part.startswith(".") or part == "__MACOSX" for part in PurePosixPath(rel).parts)
 
 
-def _walk_folder(root: Path) -> list[tuple[str, str]]:
-    files = []
+def _walk_folder(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(relative path, path) of the regular files under `root`, and the entries skipped.
+
+    Links to files are followed; links to folders are not (no loops). Pipes, sockets,
+    devices, dangling links and link loops are skipped: reading a pipe would hang.
+    """
+    files, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         rel_dir = Path(dirpath).relative_to(root).as_posix()
@@ -117,13 +132,42 @@ def _walk_folder(root: Path) -> list[tuple[str, str]]:
             files.append((rel_dir + "/", ""))  # an empty folder still names a class
         for filename in sorted(filenames):
             rel = f"{rel_dir}/{filename}" if rel_dir != "." else filename
-            if not _is_hidden(rel):
-                files.append((rel, os.path.join(dirpath, filename)))
-    return files
+            if _is_hidden(rel):
+                continue
+            full = os.path.join(dirpath, filename)
+            try:
+                regular = stat.S_ISREG(os.stat(full).st_mode)
+            except OSError:  # a dangling link or a link loop
+                regular = False
+            if regular:
+                files.append((rel, full))
+            else:
+                skipped.append(rel)
+    return files, skipped
+
+
+class _SizeBudget:
+    """Counts the uncompressed bytes read from an archive and stops at the limits, before reading."""
+
+    def __init__(self, path: Path):
+        self.path, self.total = path, 0
+
+    def take(self, name: str, size: int) -> None:
+        if size > MAX_MEMBER_BYTES:
+            raise DataError(
+                f"archive {self.path}: member {name} is {size / 2**20:.0f} MiB uncompressed, over the "
+                f"{MAX_MEMBER_BYTES >> 20} MiB limit for one image; refusing the archive."
+            )
+        self.total += size
+        if self.total > MAX_ARCHIVE_BYTES:
+            raise DataError(
+                f"archive {self.path} holds more than {MAX_ARCHIVE_BYTES >> 30} GiB uncompressed; "
+                "unpack it and pass the folder (folders are read file by file)."
+            )
 
 
 def _read_tar(path: Path) -> list[tuple[str, bytes]]:
-    files = []
+    files, budget = [], _SizeBudget(path)
     try:
         with tarfile.open(path, "r:*") as archive:
             for member in archive:
@@ -131,7 +175,8 @@ def _read_tar(path: Path) -> list[tuple[str, bytes]]:
                     continue
                 if member.isdir():
                     files.append((member.name.rstrip("/") + "/", b""))
-                elif member.isfile():
+                elif member.isfile():  # links, pipes and devices are never read
+                    budget.take(member.name, member.size)
                     files.append((member.name, archive.extractfile(member).read()))
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"cannot read archive {path}: {exc}.") from None
@@ -139,15 +184,24 @@ def _read_tar(path: Path) -> list[tuple[str, bytes]]:
 
 
 def _read_zip(path: Path) -> list[tuple[str, bytes]]:
+    files, budget = [], _SizeBudget(path)
     try:
         with zipfile.ZipFile(path) as archive:
-            return [
-                (info.filename, b"" if info.is_dir() else archive.read(info))
-                for info in archive.infolist()
-                if not _is_hidden(info.filename)
-            ]
-    except (zipfile.BadZipFile, OSError) as exc:
+            for info in archive.infolist():
+                if _is_hidden(info.filename):
+                    continue
+                if info.is_dir():
+                    files.append((info.filename, b""))
+                    continue
+                budget.take(info.filename, info.file_size)
+                with archive.open(info) as member:  # never more than the declared size, whatever the stream holds
+                    data = member.read(info.file_size + 1)
+                if len(data) != info.file_size:
+                    raise DataError(f"archive {path}: member {info.filename} is not the size its header declares.")
+                files.append((info.filename, data))
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
         raise DataError(f"cannot read archive {path}: {exc}.") from None
+    return files
 
 
 def _listing_digest(entries) -> str:

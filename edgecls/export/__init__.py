@@ -24,7 +24,7 @@ import numpy as np
 from edgecls import __version__
 from edgecls.config import ExportConfig
 from edgecls.errors import ConfigError, RunError
-from edgecls.run import RunDir, atomic_write_json, atomic_write_text, sha256_file, staged_folder
+from edgecls.run import FinetuneRecord, RunDir, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
 QAT_STAGES = ("qat", "pqat")
 STAGE_ORDER = ("pqat", "qat", "prune", "finetune")
@@ -53,45 +53,64 @@ def exported_artifacts(run: RunDir, stage: str | None = None) -> list[dict[str, 
         raise RunError(f"run {run.path} has nothing exported: run `edgecls export {run.path} --int8` first.")
     found = []
     for name in stages:
-        for row in run.require_stage(f"export/{name}")["metrics"]["artifacts"]:
-            found.append({**row, "stage": name, "path": run.file(f"export/{name}/{row['file']}")})
+        rows = run.require_stage(f"export/{name}").get("metrics", {}).get("artifacts")
+        if not isinstance(rows, list) or not all(_is_artifact_row(row) for row in rows):
+            raise RunError(f"the `export/{name}` entry of {run.manifest_path} is not shaped as edgecls writes it.")
+        for row in rows:
+            found.append({**row, "stage": name, "path": run.inside(f"export/{name}/{row['file']}")})
     return found
+
+
+ARTIFACT_FIELDS = {"file": str, "format": str, "precision": str, "source_stage": str, "bytes": int, "sha256": str}
+
+
+def _is_artifact_row(row: Any) -> bool:
+    return isinstance(row, dict) and all(isinstance(row.get(key), kind) for key, kind in ARTIFACT_FIELDS.items())
+
+
+def artifact_problem(artifact: dict[str, Any]) -> str | None:
+    """Why an exported file must not be used: missing, or changed since export (sha256 vs export.json); None if intact."""
+    path = artifact["path"]
+    if not path.is_file():
+        return "missing file"
+    if sha256_file(path) != artifact["sha256"]:
+        return "sha256 differs from the export record: the file was changed after export"
+    return None
 
 
 def _float_parent(run: RunDir, stage: str) -> str:
     return run.require_stage(stage)["inputs"]["parent"] if stage in QAT_STAGES else stage
 
 
-def _metadata(recorded: dict[str, Any], precision: str, source_stage: str) -> dict[str, Any]:
-    model = recorded["model"]
+def _metadata(record: FinetuneRecord, precision: str, source_stage: str) -> dict[str, Any]:
     normalization = (
         {"mode": "tf", "formula": "x / 127.5 - 1", "scale": 1 / 127.5, "offset": -1.0}
-        if model["preprocessing"] == "tf"
+        if record.preprocessing == "tf"
         else {"mode": "caffe", "formula": "RGB->BGR, x - mean", "mean_bgr": [103.939, 116.779, 123.68]}
     )
     return {
-        "labels": recorded["class_names"],
-        "input_size": model["input_size"],
+        "labels": list(record.class_names),
+        "input_size": record.input_size,
         "input_layout": "NHWC RGB, pixel values 0-255 before normalization",
         "normalization": normalization,
-        "backbone": model["name"],
-        "alpha": model["alpha"],
+        "backbone": record.backbone,
+        "alpha": record.alpha,
         "precision": precision,
         "source_stage": source_stage,
         "edgecls_version": __version__,
     }
 
 
-def _calibration(run: RunDir, cfg: ExportConfig, recorded: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+def _calibration(run: RunDir, cfg: ExportConfig, record: FinetuneRecord) -> tuple[np.ndarray, dict[str, Any]]:
     from edgecls.calibration import build_calibration, load_calibration, read_manifest
 
-    size = recorded["model"]["input_size"]
+    size, source = record.input_size, record.data_config["source"]
     if cfg.calibration is not None:
         manifest = read_manifest(cfg.calibration)
-        source = recorded["data_config"]["source"] if not Path(manifest["source"]).exists() else None
-        return load_calibration(manifest, source=source, input_size=size), manifest
+        fallback = source if not Path(manifest["source"]).exists() else None
+        return load_calibration(manifest, source=fallback, input_size=size), manifest
     manifest = build_calibration(
-        recorded["data_config"]["source"], samples=cfg.calibration_samples, seed=cfg.calibration_seed, input_size=size
+        source, samples=cfg.calibration_samples, seed=cfg.calibration_seed, input_size=size, flag="--calibration-samples"
     )
     return load_calibration(manifest, input_size=size), manifest
 
@@ -169,13 +188,14 @@ def _check(folder: Path, name: str, fmt: str, images: np.ndarray, labels: np.nda
     }
 
 
-def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) -> dict[str, Any]:
+def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, trust: bool = False) -> dict[str, Any]:
     """Export a run stage to TFLite and ONNX files and check them against Keras.
 
     Args:
         run_path: A run folder with a finished `finetune` stage.
         cfg: What to export (`ExportConfig`).
         force: Replace an earlier export of the same stage.
+        trust: Load models with Lambda layers (`--trust-run`); hashes are checked anyway.
 
     Returns:
         The manifest entry; `entry["metrics"]["artifacts"]` holds the table rows.
@@ -185,37 +205,34 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
         DataError: a calibration manifest that no longer matches its images or the model.
         ConversionError: a converter failed (the message names the op).
     """
-    from edgecls.config import DataConfig
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
     from edgecls.metrics import predict_scores
-    from edgecls.optimize import load_stage_model
 
     run = RunDir(run_path)
     stage = choose_stage(run, cfg.stage)
     key = f"export/{stage}"
     if run.stage(key) is not None and not force:
         raise RunError(f"run {run.path} already exported `{stage}`; pass `--force` to export it again.")
-    recorded = run.require_stage("finetune")["inputs"]
-    size, mode = recorded["model"]["input_size"], recorded["model"]["preprocessing"]
+    record = run.finetune_record()
+    size, mode = record.input_size, record.preprocessing
     qat = stage in QAT_STAGES
     granularity = resolve_granularity(run, stage, cfg.granularity)
     plan = _plan(cfg)
+    models = {stage: run.load_model(stage, trust=trust)[0]}
+    parent = _float_parent(run, stage)
+    if qat and any(p != "int8" for _, p in plan):
+        models[parent] = run.load_model(parent, trust=trust)[0]
     needs_calibration = any(p == "int8" for _, p in plan) and not qat  # QAT int8 keeps its learned ranges
-    calibration, manifest = _calibration(run, cfg, recorded) if needs_calibration else (None, None)
+    calibration, manifest = _calibration(run, cfg, record) if needs_calibration else (None, None)
     calibration_float = None if calibration is None else preprocess_numpy(calibration, mode)
 
     def representative():
         for image in calibration_float:
             yield [image[None]]
 
-    data_cfg = DataConfig(**{**recorded["data_config"], "test_limit_per_class": cfg.check_per_class})
-    check, class_names = load_split(data_cfg, size, recorded["seed"], "test")
+    check, class_names = load_split(record.data(test_limit_per_class=cfg.check_per_class), size, record.seed, "test")
     check_images = preprocess_numpy(check.images, mode)
-    models = {stage: load_stage_model(run, stage)[0]}
-    parent = _float_parent(run, stage)
-    if qat and any(p != "int8" for _, p in plan):
-        models[parent] = load_stage_model(run, parent)[0]
 
     final = run.file(f"export/{stage}")
     with staged_folder(final) as tmp:
@@ -224,7 +241,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
         for fmt, precision in plan:
             source_stage = stage if (precision == "int8" or not qat) else parent
             model = models[source_stage]
-            meta = _metadata(recorded, precision, source_stage)
+            meta = _metadata(record, precision, source_stage)
             fake_quant = qat and source_stage == stage
             name = _export_one(
                 fmt, precision, model, fake_quant, tmp, cfg, representative, calibration_float, meta, size,
@@ -261,7 +278,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False) 
         atomic_write_json(tmp / "export.json", summary)
     outputs = sorted(str(p.relative_to(run.path)) for p in final.iterdir())
     return run.record_stage(
-        key, seed=recorded["seed"], inputs={"stage": stage, "export_config": _plain(cfg)}, outputs=outputs,
+        key, seed=record.seed, inputs={"stage": stage, "export_config": _plain(cfg)}, outputs=outputs,
         metrics=summary, warnings=[],
     )  # fmt: skip
 

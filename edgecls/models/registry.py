@@ -75,19 +75,13 @@ def create_model(
     """
     import tf_keras
 
-    from edgecls.config import ModelConfig
+    from edgecls.models.specs import check_model_arguments
     from edgecls.models.weights import build_backbone
 
     if name not in _builders():
         raise ConfigError(f"`model.name` must be one of {', '.join(list_models())}; got {name!r}.")
-    cfg = ModelConfig(
-        name=name,
-        alpha=alpha,
-        input_size=input_size,
-        weights=weights,
-        dropout=dropout,
-    )
-    backbone, info = build_backbone(_builders()[name], cfg)
+    alpha = check_model_arguments(name, alpha, input_size, weights)
+    backbone, info = build_backbone(_builders()[name], name, alpha=alpha, input_size=input_size, weights=weights)
     x = tf_keras.layers.GlobalAveragePooling2D(name="global_pool")(backbone.output)
     x = tf_keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = tf_keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)

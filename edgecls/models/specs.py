@@ -116,3 +116,33 @@ def get_spec(name: str) -> BackboneSpec:
     if name not in SPECS:
         raise ConfigError(f"`model.name` must be one of {', '.join(sorted(SPECS))}; got {name!r}.")
     return SPECS[name]
+
+
+def check_model_arguments(name: str, alpha: float | None, input_size: int, weights: str) -> float:
+    """Check a backbone's arguments against its spec, before anything is built; returns the resolved alpha.
+
+    Raises:
+        ConfigError: naming the `model.*` key, what is allowed, and what was given.
+    """
+    from pathlib import Path
+
+    from edgecls.errors import ConfigError
+
+    spec = get_spec(name)
+    alpha = spec.default_alpha if alpha is None else alpha
+    low, high = spec.alpha_range
+    if not low <= alpha <= high:
+        allowed = f"{low}" if low == high else f"in [{low}, {high}]"
+        raise ConfigError(f"`model.alpha` must be {allowed} for {name}; got {alpha!r}.")
+    if weights == "imagenet" and alpha not in spec.imagenet_alphas:
+        raise ConfigError(
+            f"`model.alpha` must be one of {list(spec.imagenet_alphas)} with ImageNet weights for {name}; got {alpha!r}."
+            " Use `--weights none` to train another width from scratch."
+        )
+    if not spec.min_input_size <= input_size <= spec.max_input_size:
+        raise ConfigError(
+            f"`model.input_size` must be in [{spec.min_input_size}, {spec.max_input_size}] for {name}; got {input_size!r}."
+        )
+    if weights not in {"imagenet", "none"} and not Path(weights).is_file():
+        raise ConfigError(f"`model.weights` must be `imagenet`, `none` or an existing .h5 file; got {weights!r}.")
+    return alpha

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecls.config import ModelConfig
 from edgecls.errors import WeightsError
 from edgecls.models.specs import get_spec
 
@@ -88,7 +87,7 @@ def fetch(weights: WeightsFile) -> Path | None:
     return Path(path)
 
 
-def _imagenet(builder: Callable, cfg: ModelConfig) -> tuple[Any, dict[str, Any], list[str]]:
+def _imagenet(builder: Callable, cfg: BackboneArgs) -> tuple[Any, dict[str, Any], list[str]]:
     from edgecls.run import sha256_file
 
     spec = get_spec(cfg.name)
@@ -118,7 +117,7 @@ def _imagenet(builder: Callable, cfg: ModelConfig) -> tuple[Any, dict[str, Any],
     return backbone, info, warnings
 
 
-def _from_file(builder: Callable, cfg: ModelConfig) -> tuple[Any, dict[str, Any], list[str]]:
+def _from_file(builder: Callable, cfg: BackboneArgs) -> tuple[Any, dict[str, Any], list[str]]:
     from edgecls.run import sha256_file
 
     backbone = builder(cfg.input_size, cfg.alpha, None)
@@ -130,8 +129,18 @@ def _from_file(builder: Callable, cfg: ModelConfig) -> tuple[Any, dict[str, Any]
     return backbone, {"source": "file", "path": str(cfg.weights), "sha256": sha256_file(cfg.weights)}, []
 
 
-def build_backbone(builder: Callable, cfg: ModelConfig) -> tuple[Any, dict[str, Any]]:
-    """Build the no-top backbone of `cfg` with its weights resolved.
+@dataclass(frozen=True)
+class BackboneArgs:
+    """The checked arguments of one backbone (see `create_model`)."""
+
+    name: str
+    alpha: float
+    input_size: int
+    weights: str
+
+
+def build_backbone(builder: Callable, name: str, *, alpha: float, input_size: int, weights: str) -> tuple[Any, dict[str, Any]]:
+    """Build the no-top backbone `name` with its weights (`imagenet`, `none` or a .h5 path) resolved.
 
     Returns:
         (backbone, info): `info` records the source, how it was loaded and any
@@ -140,6 +149,7 @@ def build_backbone(builder: Callable, cfg: ModelConfig) -> tuple[Any, dict[str, 
     Raises:
         WeightsError: ImageNet weights unavailable, or a file that does not fit.
     """
+    cfg = BackboneArgs(name, alpha, input_size, weights)
     if cfg.weights == "none":
         backbone, info, warnings = builder(cfg.input_size, cfg.alpha, None), {"source": "none"}, []
     elif cfg.weights == "imagenet":

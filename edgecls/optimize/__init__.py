@@ -196,17 +196,9 @@ def apply_qat(model, *, preserve_sparsity: bool = False, per_tensor: bool = Fals
         raise ConfigError(f"TFMOT cannot quantize this model: {reason}; pass `--skip-unsupported`.") from None
 
 
-def load_stage_model(run: RunDir, stage: str):
-    """The Keras model a finished stage (`finetune`, `prune`, `qat`, `pqat`) saved, and its entry.
-
-    QAT models are loaded inside TFMOT's `quantize_scope`.
-    """
-    entry = run.require_stage(stage)
-    path = run.file(f"{STAGE_DIRS[stage]}/{MODEL_FILE}") if stage in STAGE_DIRS else run.file("model.keras")
-    if not path.exists():
-        raise RunError(f"run {run.path} lists stage `{stage}` but {path.name} is missing.")
-    with _tfmot().quantization.keras.quantize_scope():
-        return tf_keras.models.load_model(str(path), compile=False), entry
+def load_stage_model(run: RunDir, stage: str, *, trust: bool = False):
+    """The Keras model a finished stage saved, and its entry (`RunDir.load_model`: verified, no code run)."""
+    return run.load_model(stage, trust=trust)
 
 
 def _stage_dir(run: RunDir, stage: str, force: bool) -> Path:
@@ -216,7 +208,7 @@ def _stage_dir(run: RunDir, stage: str, force: bool) -> Path:
     if run.stage(stage) is not None and not force:
         what = "QAT asked for twice" if stage in ("qat", "pqat") else "already pruned"
         raise RunError(f"run {run.path} already has a finished `{stage}` stage ({what}); pass `--force` to redo it.")
-    folder = run.file(STAGE_DIRS[stage])
+    folder = run.inside(STAGE_DIRS[stage])
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
@@ -289,7 +281,9 @@ def planned_stages(opt: OptimizeConfig) -> list[str]:
     return stages
 
 
-def run_optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool = False, callbacks=()) -> list[dict]:
+def run_optimize(
+    run_path: str | Path, opt: OptimizeConfig, *, force: bool = False, callbacks=(), trust: bool = False
+) -> list[dict]:
     """Prune and/or quantization-aware train a finished fine-tuning run.
 
     `prune` alone writes stage `prune`; `qat` alone writes `qat` (from the
@@ -301,6 +295,7 @@ def run_optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool = Fal
         opt: What to do (`OptimizeConfig`).
         force: Redo a stage that already finished.
         callbacks: Extra Keras callbacks for every training call (tests).
+        trust: Load a model with Lambda layers (`--trust-run`); hashes are checked anyway.
 
     Returns:
         The manifest entries written, in order.
@@ -313,12 +308,12 @@ def run_optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool = Fal
 
     from edgecls.config import load_config
     from edgecls.data import load_dataset
-    from edgecls.metrics import load_run_model
 
     if opt.prune is None and not opt.qat:
         raise ConfigError("nothing to do: pass `--prune SPARSITY` and/or `--qat`.")
     run = RunDir(run_path)
-    model, entry = load_run_model(run.path)
+    run.finetune_record()  # a run whose finetune entry is not edgecls' is refused before any work
+    model, entry = run.load_model("finetune", trust=trust)
     cfg = load_config(run.file("config.yaml"))
     cfg = dataclasses.replace(cfg, optimize=opt)
     for stage in planned_stages(opt):

@@ -19,13 +19,13 @@ HARNESS = ROOT / "firmware_assets" / "host_harness"
 @pytest.fixture(scope="module")
 def firmware_run(tmp_path_factory):
     """A tiny run exported to int8 and turned into firmware assets."""
-    from edgecls.config import ExportConfig
+    from edgecls.config import ExportConfig, FirmwareConfig
     from edgecls.export import run_export
     from edgecls.firmware import run_firmware
 
     run = finetune_tiny(tmp_path_factory.mktemp("firmware"))
     run_export(run, ExportConfig(formats=("tflite",), calibration_samples=12, check_per_class=6))
-    entry = run_firmware(run, parity_images=18, device="cortex-m4-nrf52840")
+    entry = run_firmware(run, FirmwareConfig(parity_images=18, device="cortex-m4-nrf52840"))
     return RunDir(run), entry
 
 

@@ -85,7 +85,7 @@ def test_gate_passes_good_and_fails_wrongly_calibrated_int8(tmp_path, shared_cif
     from edgecls.export import run_export
     from edgecls.export import tflite as tflite_export
     from edgecls.optimize import load_stage_model
-    from edgecls.run import RunDir
+    from edgecls.run import RunDir, sha256_file
     from edgecls.train import run_finetune
 
     cfg = load_config(
@@ -105,8 +105,20 @@ def test_gate_passes_good_and_fails_wrongly_calibrated_int8(tmp_path, shared_cif
     wrong = np.full((1, 128, 128, 3), 0.01, np.float32)  # calibrated on a flat grey image: ranges far too narrow
     flatbuffer = tflite_export.convert(model, "int8", representative=lambda: iter([[wrong]] * 20))
     (tmp_path / "gate/export/finetune/model_int8.tflite").write_bytes(flatbuffer)
+    manifest = json.loads((tmp_path / "gate/manifest.json").read_text())  # recorded, as a real re-export would
+    for artifact in manifest["stages"]["export/finetune"]["metrics"]["artifacts"]:
+        if artifact["file"] == "model_int8.tflite":
+            artifact["sha256"] = sha256_file(tmp_path / "gate/export/finetune/model_int8.tflite")
+    (tmp_path / "gate/manifest.json").write_text(json.dumps(manifest))
     code, out, err = run_cli(args, capsys)
     assert code == 1, out
     row = next(r for r in json.loads((tmp_path / "gate/validate.json").read_text())["rows"] if r["precision"] == "int8")
     assert row["status"] == "fail" and row["delta_pp"] < -20
     del tf
+
+
+def test_gate_boundary_is_exact():
+    """One image of 100 is a 1.0 pp drop; (0.12 - 0.13) * 100 is -1.0000000000000009 in floating point."""
+    assert Gate(int8_max_drop_pp=1.0).judge("int8", 0.9, (0.12 - 0.13) * 100) is None
+    assert Gate(int8_max_drop_pp=1.0).judge("int8", 0.9, -1.01) is not None
+    assert Gate(fp32_min_agreement=0.999).judge("fp32", 999 / 1000, 0.0) is None

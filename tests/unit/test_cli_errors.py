@@ -27,17 +27,17 @@ def assert_usage_error(code, out, err, tmp_path, message):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--model", "mobilenet_v9"], "`model.name` must be one of mobilenet, mobilenet_v2"),
-        (["--alpha", "0.1"], "`model.alpha` must be in [0.25, 1.0] for mobilenet; got 0.1."),
-        (["--model", "resnet50", "--alpha", "0.5"], "`model.alpha` must be 1.0 for resnet50"),
-        (["--input-size", "500"], "`model.input_size` must be in [32, 224] for mobilenet; got 500."),
-        (["--strategy", "partial", "--unfreeze", "40"], "`train.unfreeze` must be in [1, 13] for mobilenet"),
-        (["--strategy", "everything"], "`train.strategy` must be one of frozen, partial, full"),
-        (["--epochs", "0"], "`train.epochs` must be a positive integer; got 0."),
+        (["--model", "mobilenet_v9"], "`--model` must be one of mobilenet, mobilenet_v2"),
+        (["--alpha", "0.1"], "`--alpha` must be in [0.25, 1.0] for mobilenet; got 0.1."),
+        (["--model", "resnet50", "--alpha", "0.5"], "`--alpha` must be 1.0 for resnet50"),
+        (["--input-size", "500"], "`--input-size` must be in [32, 224] for mobilenet; got 500."),
+        (["--strategy", "partial", "--unfreeze", "40"], "`--unfreeze` must be in [1, 13] for mobilenet"),
+        (["--strategy", "everything"], "`--strategy` must be one of frozen, partial, full"),
+        (["--epochs", "0"], "`--epochs` must be a positive integer; got 0."),
         (["--set", "train.epochz=3"], "unknown config key `train.epochz`"),
         (["--set", "nonsense"], "`--set` takes section.key=value"),
         (["--epochs", "many"], "Invalid value for '--epochs'"),
-        (["--weights", "/no/such.h5"], "`model.weights` must be `imagenet`, `none` or an existing .h5 file"),
+        (["--weights", "/no/such.h5"], "`--weights` must be `imagenet`, `none` or an existing .h5 file"),
     ],
 )
 def test_bad_options(tmp_path, image_folder, capsys, extra, message):

@@ -88,7 +88,7 @@ def test_corrupt_files_are_skipped_and_counted(image_folder):
     data = load_dataset(DataConfig(source=str(image_folder), val_fraction=0.0), 32, seed=0)
     assert sorted(data.info["skipped_files"]) == ["train/red/broken.jpg", "train/red/notes.txt"]
     assert len(data.train) == 36
-    assert data.warnings == ["skipped 2 unreadable file(s), first: train/red/broken.jpg"]
+    assert data.warnings == ["skipped 2 unreadable or oversized file(s), first: train/red/broken.jpg"]
     with pytest.raises(DataError, match=r"cannot decode train/red/broken.jpg as an image \(2 unreadable"):
         load_dataset(DataConfig(source=str(image_folder), on_bad_image="error"), 32, seed=0)
 

@@ -1,0 +1,119 @@
+"""Recipe study for the default job (issue 10): which fine-tuning recipe wins on CIFAR-10.
+
+Every variant is `edgecls finetune` on the full JPEG CIFAR-10 of ../shared (45,000 train /
+5,000 val / 10,000 test), MobileNet v1 0.25 @128 px from the ImageNet file, run through the
+CLI exactly as a user would, one after the other (never two at once: they would share the
+cores and their wall times would mean nothing). A variant whose run folder already holds a
+finished manifest is not run again, so the study can be stopped and continued.
+
+Model selection is by validation accuracy; the test accuracy is reported, never used to choose.
+
+Usage:
+    python bench/recipe.py [--only NAME ...] [--runs-dir bench-runs/recipe]   # run what is missing
+    python bench/recipe.py --write                                             # docs/benchmarks.md section
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import CIFAR_JPEG, ROOT, SHARED, git_sha, machine, today, write_section
+
+# name -> (what it tests, extra finetune flags). The first is the old default (docs: 0.826).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "old-default": ("the previous default: BatchNorm frozen, lr 1e-4", ["--lr", "1e-4", "--set", "train.batchnorm=frozen"]),
+    "bn-lr1e-3": ("BatchNorm trained, lr 1e-3 (issue 10's hint)", ["--lr", "1e-3", "--set", "train.batchnorm=train"]),
+    "bn-lr2e-3": ("BatchNorm trained, lr 2e-3", ["--lr", "2e-3", "--set", "train.batchnorm=train"]),
+    "bn-lr2e-3-w1": (
+        "BatchNorm trained, lr 2e-3, 1 warm-up epoch",
+        ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1"],
+    ),
+    "bn-lr4e-3-w1": (
+        "BatchNorm trained, lr 4e-3, 1 warm-up epoch",
+        ["--lr", "4e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1"],
+    ),
+    "bn-sgd5e-2-w1": (
+        "BatchNorm trained, Nesterov SGD lr 0.05, wd 5e-4, 1 warm-up epoch",
+        [
+            "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "5e-4",
+            "--set", "train.batchnorm=train", "--warmup-epochs", "1",
+        ],
+    ),  # fmt: skip
+    "bn-lr2e-3-w1-e7": (
+        "BatchNorm trained, lr 2e-3, 1 warm-up epoch, 7 epochs (the 15-minute budget)",
+        ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", "7"],
+    ),
+    "bn-lr3e-3-w1-e7-b128": (
+        "BatchNorm trained, lr 3e-3, batch 128, 1 warm-up epoch, 7 epochs",
+        ["--lr", "3e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", "7", "--batch-size", "128"],
+    ),
+    "bn-lr2e-3-w1-e30": (
+        "BatchNorm trained, lr 2e-3, 1 warm-up epoch, 30 epochs (the ceiling without a teacher)",
+        ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", "30", "--set", "train.patience=0"],
+    ),
+}
+
+
+def run_variant(name: str, flags: list[str], runs_dir: Path) -> dict:
+    """Run one variant through the CLI unless it already finished; return its figures."""
+    folder = runs_dir / name
+    command = [
+        "edgecls", "finetune", "--data", str(CIFAR_JPEG), "--name", name, "--runs-dir", str(runs_dir), "--force", *flags,
+    ]  # fmt: skip
+    timing = folder / "wall_seconds.json"
+    if not (folder / "manifest.json").exists() or not timing.exists():
+        start = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], check=True, cwd=ROOT)
+        timing.write_text(json.dumps({"wall_seconds": time.perf_counter() - start}))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    return {"command": shlex.join(command), **metrics, **json.loads(timing.read_text())}
+
+
+def write_doc(rows: dict[str, dict]) -> None:
+    """The recipe-study section of docs/benchmarks.md."""
+    lines = [
+        "## Fine-tuning recipe study (issue 10)",
+        "",
+        f"- Date: {today()}; edgecls commit {git_sha()}; machine: {machine()}.",
+        f"- Data: `{CIFAR_JPEG.relative_to(SHARED.parent)}` (45,000 train / 5,000 val, seed 42; all 10,000 test images).",
+        "- Model: MobileNet v1 alpha 0.25 @128 px (13.3 M MACs), `full` strategy, ImageNet weights"
+        " `mobilenet_2_5_224_tf_no_top.h5` from ../shared in the Keras cache; 10 epochs unless the row says otherwise.",
+        "- Runs one after the other, alone on the machine, through the CLI. Selection by validation accuracy only.",
+        "- Reproduce: `python bench/recipe.py` (each row's command is below).",
+        "",
+        "| variant | what it tests | best val acc | test acc (float) | epochs run | wall time | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {name} | {VARIANTS[name][0]} | {row['best_val_accuracy']:.4f} | {row['test_accuracy']:.4f} |"
+            f" {row['epochs_run']} | {row['wall_seconds'] / 60:.1f} min | `{row['command']}` |"
+        )
+    write_section("recipe", "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "bench-runs" / "recipe")
+    parser.add_argument("--only", nargs="*", choices=list(VARIANTS), default=None)
+    parser.add_argument("--write", action="store_true", help="only write the docs section from finished variants")
+    args = parser.parse_args()
+    if not CIFAR_JPEG.exists():
+        sys.exit(f"bench/recipe.py needs {CIFAR_JPEG} (set EDGECLS_SHARED)")
+    names = args.only or list(VARIANTS)
+    if not args.write:
+        for name in names:
+            print(json.dumps({name: run_variant(name, VARIANTS[name][1], args.runs_dir)["test_accuracy"]}), flush=True)
+    done = [n for n in VARIANTS if (args.runs_dir / n / "wall_seconds.json").exists()]
+    finished = {n: run_variant(n, VARIANTS[n][1], args.runs_dir) for n in done}
+    write_doc(finished)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""`edgecls run` end to end on a small real subset, the skip logic, `edgecls report`, and a wheel install."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+# The default MCU config, cut to CI size: 20 training and 10 test images a class, 1 epoch each step.
+CI_SIZE = [
+    "--set", "data.limit_per_class=20", "--set", "data.test_limit_per_class=10", "--set", "data.val_fraction=0.1",
+    "--set", "model.input_size=64",
+    "--set", "train.epochs=2", "--set", "optimize.epochs=1", "--set", "export.calibration_samples=50",
+    "--set", "export.check_per_class=5", "--set", "firmware.parity_images=10", "--set", "validate.tflm_images=10",
+    "--set", "bench.runs=5", "--set", "bench.warmup=1", "--set", "bench.threads=1",
+    "--set", "validate.max_int8_drop=5",  # one test image is 1 pp here, and the model has trained 2 epochs
+]  # fmt: skip
+
+
+def finished(run: Path) -> dict[str, str]:
+    return {key: entry["finished"] for key, entry in json.loads((run / "manifest.json").read_text())["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(shared_cifar, keras_home, tmp_path_factory):
+    """The CI-sized default pipeline, run once for the module: (args, run folder, exit status)."""
+    from edgecls.cli import main
+
+    runs = tmp_path_factory.mktemp("pipeline")
+    args = ["run", ROOT / "configs" / "mcu-default.yaml", "--set", f"data.source={shared_cifar}",
+            "--set", f"run.runs_dir={runs}", *CI_SIZE]  # fmt: skip
+    return args, runs / "mcu-default", main([str(a) for a in args])
+
+
+def test_every_stage_ran_and_wrote_its_outputs(pipeline_run):
+    args, run, code = pipeline_run
+    assert code == 0
+    stages = finished(run)
+    assert {"finetune", "qat", "export/qat", "firmware/qat", "validate", "bench", "report"} <= set(stages)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["pipeline"]) == {"finetune", "optimize", "export", "firmware", "validate", "bench", "report"}
+    for entry in manifest["stages"].values():  # every stage, validate and bench included, records its tools
+        assert {"tensorflow", "tensorflow-model-optimization", "onnxruntime", "tf2onnx", "ai-edge-litert",
+                "tflite-micro"} <= set(entry["tools"])  # fmt: skip
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_test_images"] == 100 and 0.1 < metrics["test_accuracy"] <= 1.0
+    export = manifest["stages"]["export/qat"]["metrics"]
+    assert sorted(a["file"] for a in export["artifacts"]) == [
+        "model_fp32.onnx", "model_fp32.tflite", "model_int8.onnx", "model_int8.tflite",
+    ]  # fmt: skip
+    firmware = manifest["stages"]["firmware/qat"]["metrics"]
+    assert firmware["device"]["profile"] == "cortex-m7-stm32h747" and firmware["device"]["ram_ok"]
+    assert 0 < firmware["arena_bytes_measured"] < firmware["arena_bytes"]
+    rows = json.loads((run / "validate.json").read_text())["rows"]
+    assert len(rows) == 5 and all(r["images"] in (100, 10) for r in rows)  # 4 files + TFLM on 10 images
+    bench = json.loads((run / "bench.json").read_text())
+    assert {r["artifact"] for r in bench["rows"]} == {a["file"] for a in export["artifacts"]}
+    assert all(r["p50_ms"] > 0 for r in bench["rows"])
+
+
+def test_report_shows_every_stage(pipeline_run):
+    from PIL import Image
+
+    _, run, code = pipeline_run
+    figures = {"curves.png", "confusion.png", "per_class.png", "tradeoffs.png", "budget.png", "wrong.png"}
+    assert {p.name for p in (run / "report").iterdir()} == figures
+    for name in figures:
+        with Image.open(run / "report" / name) as image:
+            assert image.format == "PNG" and image.width >= 400 and np.asarray(image).std() > 5  # drawn, not blank
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(figures)  # self-contained
+    for text in ("airplane", "model_int8.tflite", "tflite-micro", "Most confused class pairs", "Validation gate: passed"):
+        assert text in html
+    markdown = (run / "report.md").read_text()
+    assert all(f"report/{name}" in markdown for name in figures)
+
+
+def test_second_identical_run_skips_every_stage(pipeline_run, capsys):
+    args, run, _ = pipeline_run
+    before = finished(run)
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert finished(run) == before
+    assert err.count(": skip (unchanged)") == 7
+
+
+def test_changing_validate_reruns_only_validate_bench_and_report(pipeline_run, capsys):
+    args, run, _ = pipeline_run
+    before = finished(run)
+    code, out, err = run_cli([*args, "--set", "validate.max_int8_drop=6"], capsys)
+    assert code == 0, err
+    after = finished(run)
+    changed = {key for key in after if after[key] != before.get(key)}
+    assert changed == {"validate", "bench", "report"}
+    assert json.loads((run / "validate.json").read_text())["gate"]["int8_max_drop_pp"] == 6
+
+
+def test_a_failed_gate_still_writes_the_report_then_exits_1(pipeline_run, capsys):
+    args, run, _ = pipeline_run
+    report_before = finished(run)["report"]
+    code, out, err = run_cli([*args, "--set", "validate.min_agreement_fp32=1.0", "--set", "validate.max_int8_drop=0"], capsys)
+    rows = json.loads((run / "validate.json").read_text())["rows"]
+    if all(r["status"] == "pass" for r in rows):
+        pytest.skip("every file matched Keras exactly: no gate to fail at this size")
+    assert code == 1 and "edgecls: run failed: validation gate failed" in err, err
+    assert finished(run)["report"] != report_before
+    assert "Validation gate: FAILED" in (run / "report.html").read_text()
+
+
+def test_wheel_install_has_the_firmware_templates(tiny_exported_run, tmp_path):
+    """Build the wheel, install it alone into a fresh venv (dependencies borrowed), run `edgecls firmware`."""
+    import shutil
+    import site
+
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)], check=True)
+    (wheel,) = wheels.glob("edgecls-*.whl")
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    fresh_site = next(venv.glob("lib/python*/site-packages"))
+    # the dependencies, not the editable checkout: a plain path line does not run the .pth files beside it
+    (fresh_site / "deps.pth").write_text(site.getsitepackages()[0] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--no-deps", "-q",
+                    str(wheel)], check=True)  # fmt: skip
+    run = Path(shutil.copytree(tiny_exported_run, tmp_path / "run"))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import edgecls; print(edgecls.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, env=env, check=True).stdout  # fmt: skip
+    assert str(venv) in where, where
+    done = subprocess.run([str(venv / "bin" / "edgecls"), "firmware", str(run), "--parity-images", "6"],
+                          cwd=tmp_path, capture_output=True, text=True, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    settings = (run / "firmware" / "finetune" / "model_settings.h").read_text()
+    assert "kTensorArenaSize" in settings and '"blue", "green", "red"' in settings
