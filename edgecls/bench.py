@@ -39,6 +39,7 @@ from edgecls.export import artifact_problem, exported_artifacts
 from edgecls.run import FinetuneRecord, RunDir, atomic_write_json, atomic_write_text, check_writable
 
 WORKER = Path(__file__).with_name("worker.py")
+PREPROCESSING = Path(__file__).with_name("preprocessing.py")  # the worker's one import from edgecls, copied beside it
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ class SSHDevice:
         folder = done.stdout.strip()
         if done.returncode != 0 or not folder:
             raise DeviceError(f"{self.where}: cannot create a work folder ({done.stderr.strip()[-200:]})")
-        self.copy([WORKER, *files], folder)
+        self.copy([WORKER, PREPROCESSING, *files], folder)
         return folder
 
     def worker(self, folder: str, args: list[str], label: str) -> dict[str, Any]:

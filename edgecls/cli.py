@@ -55,6 +55,9 @@ def command(function):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         _DEBUG["on"] = bool(kwargs.get("debug"))
+        from edgecls.console import set_debug
+
+        set_debug(_DEBUG["on"])
         try:
             return function(*args, **kwargs)
         except KeyboardInterrupt:
@@ -104,6 +107,10 @@ def import_tensorflow() -> None:
 
         tf.get_logger().setLevel("ERROR")
         tf.config.list_physical_devices()  # the CUDA probe logs here on CPU-only machines
+    if not _DEBUG["on"]:
+        from edgecls.console import silence_known_noise
+
+        silence_known_noise()
 
 
 def warn(message: str) -> None:

@@ -28,6 +28,7 @@ from edgecls import __version__
 from edgecls.config import FirmwareConfig
 from edgecls.errors import ConfigError, IntegrityError, RunError, StageError
 from edgecls.escape import c_comment, c_string
+from edgecls.preprocessing import c_comment as c_comment_for
 from edgecls.run import (
     RunDir,
     atomic_write_json,
@@ -361,7 +362,7 @@ def run_firmware(
             "output_scale": repr(float(out_scale)),
             "output_zero_point": int(out_zero),
             "num_classes": len(record.class_names),
-            "normalization": "p / 127.5 - 1" if record.preprocessing == "tf" else "BGR, p - mean",
+            "normalization": c_comment_for(record.preprocessing),
             "arena_measured": measured,
             "arena_size": arena,
             "margin_percent": round(margin * 100),

@@ -1,9 +1,9 @@
 """Self-contained model runner: scores and latency of one .tflite or .onnx file, as JSON.
 
 Runs in a child process (so a runtime that crashes on a corrupt file cannot take
-edgecls down) and, copied as a single file, on a remote device over SSH. It
-needs only the standard library, NumPy, and whichever runtime the device has:
-ai-edge-litert (or tflite-runtime) for .tflite, onnxruntime for .onnx.
+edgecls down) and, copied with `preprocessing.py` beside it, on a remote device over
+SSH. It needs only the standard library, NumPy, and whichever runtime the device
+has: ai-edge-litert (or tflite-runtime) for .tflite, onnxruntime for .onnx.
 
     python worker.py scores MODEL IMAGES.npy OUT.npy [--mode tf|caffe] [--threads N]
     python worker.py bench MODEL [--runs N] [--warmup N] [--threads N] [--images IMAGES.npy]
@@ -25,7 +25,10 @@ import time
 
 import numpy as np
 
-MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
+try:  # on the host, the package's one definition; on a device, the copy `bench` puts beside this file
+    from edgecls.preprocessing import normalize_numpy
+except ImportError:
+    from preprocessing import normalize_numpy
 
 
 try:  # on the host: edgecls' own error type; on a device this file stands alone
@@ -48,8 +51,8 @@ def dequantize(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
 
 
 def preprocess(images: np.ndarray, mode: str) -> np.ndarray:
-    images = images.astype(np.float32)
-    return images / 127.5 - 1.0 if mode == "tf" else images[..., ::-1] - MEAN_BGR
+    """uint8 pixels to the backbone's input (`edgecls.preprocessing`, the one definition)."""
+    return normalize_numpy(images, mode)
 
 
 def _litert(path: str, threads: int | None):

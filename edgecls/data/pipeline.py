@@ -12,35 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)
+from edgecls.preprocessing import normalize_numpy as preprocess_numpy
+from edgecls.preprocessing import normalize_tf as preprocess
 
-
-def preprocess(images, mode: str):
-    """Map uint8 RGB pixels to a backbone's input range (float32).
-
-    Args:
-        images: uint8 or float tensor [..., 3] in [0, 255], RGB.
-        mode: `tf` (scale to [-1, 1]: MobileNets) or `caffe` (RGB to BGR and
-            subtract the ImageNet mean: ResNet50), as `keras.applications`.
-    """
-    import tensorflow as tf
-
-    images = tf.cast(images, tf.float32)
-    if mode == "tf":
-        return images / 127.5 - 1.0
-    if mode == "caffe":
-        return images[..., ::-1] - tf.constant(IMAGENET_MEAN_BGR, tf.float32)
-    raise ValueError(f"`mode` must be `tf` or `caffe`; got {mode!r}.")
-
-
-def preprocess_numpy(images: np.ndarray, mode: str) -> np.ndarray:
-    """NumPy twin of `preprocess`, for runtimes that run without TensorFlow."""
-    images = images.astype(np.float32)
-    if mode == "tf":
-        return images / 127.5 - 1.0
-    if mode == "caffe":
-        return images[..., ::-1] - np.asarray(IMAGENET_MEAN_BGR, np.float32)
-    raise ValueError(f"`mode` must be `tf` or `caffe`; got {mode!r}.")
+__all__ = ["eval_dataset", "preprocess", "preprocess_numpy", "train_dataset"]
 
 
 def _random_crop_and_flip(images, pad: int, crop: bool, flip: bool, seed):

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgecls import __version__
 from edgecls.config import ExportConfig
+from edgecls.console import quiet_native
 from edgecls.errors import ConfigError, RunError
 from edgecls.run import FinetuneRecord, RunDir, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
@@ -83,11 +84,9 @@ def _float_parent(run: RunDir, stage: str) -> str:
 
 
 def _metadata(record: FinetuneRecord, precision: str, source_stage: str) -> dict[str, Any]:
-    normalization = (
-        {"mode": "tf", "formula": "x / 127.5 - 1", "scale": 1 / 127.5, "offset": -1.0}
-        if record.preprocessing == "tf"
-        else {"mode": "caffe", "formula": "RGB->BGR, x - mean", "mean_bgr": [103.939, 116.779, 123.68]}
-    )
+    from edgecls.preprocessing import describe
+
+    normalization = describe(record.preprocessing)
     return {
         "labels": list(record.class_names),
         "input_size": record.input_size,
@@ -178,7 +177,8 @@ def _check(folder: Path, name: str, fmt: str, images: np.ndarray, labels: np.nda
     from edgecls.runtimes import open_runner, predict
 
     path = folder / name
-    scores = predict(open_runner(path), images)
+    with quiet_native():
+        scores = predict(open_runner(path), images)
     details = tflite.describe(path.read_bytes()) if fmt == "tflite" else onnx_export.describe(path)
     return {
         "check_accuracy": float(np.mean(scores.argmax(1) == labels)),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecls.console import quiet_native
 from edgecls.errors import ConversionError
 
 OPSET = 13
@@ -53,7 +54,8 @@ def from_tflite(flatbuffer: bytes, opset: int = OPSET):
         path = Path(folder) / "model.tflite"
         path.write_bytes(flatbuffer)
         try:
-            proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
+            with quiet_native():  # tf2onnx's TFLite reader starts an interpreter, which announces its delegate
+                proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
         except Exception as exc:
             raise ConversionError(f"tf2onnx failed on the int8 TFLite model: {str(exc).strip().splitlines()[-1][:200]}.") from None
     onnx.checker.check_model(proto)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecls.console import quiet_native
 from edgecls.errors import ConversionError
 
 METADATA_NAME = "edgecls"
@@ -68,7 +69,8 @@ def convert(
         converter.inference_input_type = io_type
         converter.inference_output_type = io_type
     try:
-        return converter.convert()
+        with quiet_native():  # the converter prints its quantization settings on stderr
+            return converter.convert()
     except Exception as exc:  # ConverterError, ValueError, RuntimeError from MLIR
         raise _converter_error(exc) from None
 

@@ -142,3 +142,18 @@ def test_wheel_install_has_the_firmware_templates(tiny_exported_run, tmp_path):
     assert done.returncode == 0, done.stderr
     settings = (run / "firmware" / "finetune" / "model_settings.h").read_text()
     assert "kTensorArenaSize" in settings and '"blue", "green", "red"' in settings
+
+
+def test_optimize_and_export_print_no_library_noise(tiny_exported_run, tmp_path):
+    """The known-harmless warnings (HDF5, quantized-input statistics, tf.lite.Interpreter, XNNPACK) stay hidden."""
+    import shutil
+
+    run = Path(shutil.copytree(tiny_exported_run, tmp_path / "run"))
+    edgecls = Path(sys.executable).with_name("edgecls")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for args in (["optimize", str(run), "--qat", "--epochs", "1"], ["export", str(run), "--stage", "qat"]):
+        done = subprocess.run([str(edgecls), *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        noise = [line for line in done.stderr.splitlines() if any(
+            word in line for word in ("Warning", "warn(", "deprecated", "INFO:", "WARNING", "legacy"))]  # fmt: skip
+        assert noise == [], noise

@@ -122,3 +122,19 @@ def test_gate_boundary_is_exact():
     assert Gate(int8_max_drop_pp=1.0).judge("int8", 0.9, (0.12 - 0.13) * 100) is None
     assert Gate(int8_max_drop_pp=1.0).judge("int8", 0.9, -1.01) is not None
     assert Gate(fp32_min_agreement=0.999).judge("fp32", 999 / 1000, 0.0) is None
+
+
+def test_resnet50_caffe_preprocessing_end_to_end(tmp_path, capsys):
+    """ResNet50 (BGR minus the ImageNet mean) through finetune, export and validate: the runtimes agree with Keras."""
+    from conftest import finetune_tiny
+    from edgecls.config import ExportConfig
+    from edgecls.export import run_export
+
+    run = finetune_tiny(tmp_path, train=4, test=2, **{"model.name": "resnet50", "train.epochs": 1, "train.warmup_epochs": 0})
+    entry = run_export(run, ExportConfig(formats=("tflite",), precisions=("fp32",), check_per_class=2))
+    (artifact,) = entry["metrics"]["artifacts"]
+    assert artifact["check_agreement"] == 1.0
+    code, out, err = run_cli(["validate", run, "--tflm-images", "0"], capsys)
+    assert code == 0, out + err
+    (row,) = json.loads((run / "validate.json").read_text())["rows"]
+    assert row["agreement"] == 1.0 and row["max_abs_error"] < 1e-4
