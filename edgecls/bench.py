@@ -35,7 +35,7 @@ from edgecls.config import BenchConfig
 from edgecls.devices import DeviceProfile, load_profile
 from edgecls.errors import ConfigError, DeviceError, RunError, UnsavedResultsError
 from edgecls.escape import escape_markdown
-from edgecls.export import artifact_problem, exported_artifacts
+from edgecls.records import ExportedFile, exported_files, firmware_records, validation_record
 from edgecls.run import FinetuneRecord, RunDir, atomic_write_json, atomic_write_text, check_writable
 
 WORKER = Path(__file__).with_name("worker.py")
@@ -178,22 +178,13 @@ class SSHDevice:
         self.ssh(f"rm -rf {shlex.quote(folder)}", timeout=self.timeout + 15)
 
 
-def _firmware_entries(run: RunDir) -> list[dict[str, Any]]:
-    """The metrics of every finished `firmware/<stage>` entry of the manifest."""
-    stages = run.manifest()["stages"]
-    return [entry.get("metrics", {}) for key, entry in sorted(stages.items()) if key.startswith("firmware/")]
-
-
 def _budget_checks(profile: DeviceProfile, rows: list[dict[str, Any]], run: RunDir) -> list[dict[str, Any]]:
     checks = []
     if profile.kind == "mcu":
-        for firmware in _firmware_entries(run):
-            try:
-                flash, arena, stage = int(firmware["flash_bytes"]), int(firmware["arena_bytes"]), str(firmware["stage"])
-            except (KeyError, TypeError, ValueError):
-                raise RunError(f"a firmware entry of {run.manifest_path} is not shaped as edgecls writes it.") from None
-            for what, value, budget in (("flash", flash, profile.flash_bytes), ("arena", arena, profile.ram_bytes)):
-                checks.append({"what": f"{what} {stage}", "value": value, "budget": budget, "ok": value <= budget})
+        for firmware in firmware_records(run):
+            measured = (("flash", firmware.flash_bytes, profile.flash_bytes), ("arena", firmware.arena_bytes, profile.ram_bytes))
+            for what, value, budget in measured:
+                checks.append({"what": f"{what} {firmware.stage}", "value": value, "budget": budget, "ok": value <= budget})
         if not checks:
             raise RunError(f"profile {profile.name} is a microcontroller: run `edgecls firmware {run.path}` first.")
         return checks
@@ -212,11 +203,10 @@ def _budget_checks(profile: DeviceProfile, rows: list[dict[str, Any]], run: RunD
 
 
 def _recommend(run: RunDir, rows: list[dict[str, Any]]) -> str:
-    validated = run.stage("validate")
+    validated = validation_record(run)
     if validated is None:
         return "run `edgecls validate` first: only files that pass the validation gate are recommended"
-    passing = {(r.get("artifact"), r.get("stage"), r.get("runtime")) for r in validated.get("metrics", {}).get("rows", [])
-               if isinstance(r, dict) and r.get("status") == "pass"}  # fmt: skip
+    passing = {(r.artifact, r.stage, r.runtime) for r in validated.rows if r.status == "pass"}
     candidates = [r for r in rows if r["status"] == "pass" and (r["artifact"], r["stage"], r["runtime_kind"]) in passing]
     if not candidates:
         return "no benchmarked file passed the validation gate"
@@ -281,13 +271,13 @@ def run_bench(
     record = run.finetune_record()
     check_writable(run.path, "fix the run folder's permissions or free some space")  # before the measurements
     artifacts, rows = [], []
-    for artifact in exported_artifacts(run):
-        problem = artifact_problem(artifact)
+    for artifact in exported_files(run):
+        problem = artifact.problem()
         if problem:  # never measured, never recommended
             rows.append(_failed_row(artifact, problem))
         else:
-            artifacts.append((artifact["stage"], artifact, artifact["path"]))
-    macs = run.require_stage("finetune").get("metrics", {}).get("macs")
+            artifacts.append((artifact.stage, artifact, artifact.path))
+    macs = record.macs
     parity = []
     if target.kind == "host":
         peak = peak_gemm_macs_per_second()
@@ -317,8 +307,8 @@ def run_bench(
                     ssh.worker(folder, ["scores", path.name, "images.npy", out, "--mode", mode], path.name)
                     ssh.copy([f"{folder}/{out}"], local, download=True)
                     scores = np.load(Path(local) / out)
-                    agreement = float(np.mean(scores.argmax(1) == reference[row["source_stage"]].argmax(1)))
-                    parity.append({"artifact": f"{stage}/{row['file']}", "agreement": agreement, "images": len(images)})
+                    agreement = float(np.mean(scores.argmax(1) == reference[row.source_stage].argmax(1)))
+                    parity.append({"artifact": f"{stage}/{row.file}", "agreement": agreement, "images": len(images)})
             finally:
                 ssh.cleanup(folder)
         where = f"{target.host}:{target.port} over SSH"
@@ -346,18 +336,17 @@ def _inputs(rows: list[dict[str, Any]]) -> dict[str, str]:
     return {f"{r['stage']}/{r['artifact']}": r.get("sha256", "") for r in rows}
 
 
-def _failed_row(artifact: dict[str, Any], reason: str, threads: int | None = None) -> dict[str, Any]:
+def _failed_row(artifact: ExportedFile, reason: str, threads: int | None = None) -> dict[str, Any]:
     """A bench row for a file that was not measured (changed since export, or its runtime failed)."""
-    return {"stage": artifact["stage"], "artifact": artifact["file"], "precision": artifact["precision"],
-            "bytes": artifact["bytes"], "sha256": artifact["sha256"], "threads": threads,
-            "status": "fail", "reason": reason}  # fmt: skip
+    return {"stage": artifact.stage, "artifact": artifact.file, "precision": artifact.precision, "bytes": artifact.bytes,
+            "sha256": artifact.sha256, "threads": threads, "status": "fail", "reason": reason}  # fmt: skip
 
 
-def _bench_row(stage, row, measured, threads, macs, peak) -> dict[str, Any]:
-    kind = "litert" if row["format"] == "tflite" else "onnxruntime"
+def _bench_row(stage, row: ExportedFile, measured, threads, macs, peak) -> dict[str, Any]:
+    kind = "litert" if row.format == "tflite" else "onnxruntime"
     bound = None if not (macs and peak) else macs / peak * 1000
-    return {"stage": stage, "artifact": row["file"], "precision": row["precision"], "bytes": row["bytes"],
-            "sha256": row["sha256"], "runtime_kind": kind, **measured, "threads": threads, "compute_bound_ms": bound,
+    return {"stage": stage, "artifact": row.file, "precision": row.precision, "bytes": row.bytes,
+            "sha256": row.sha256, "runtime_kind": kind, **measured, "threads": threads, "compute_bound_ms": bound,
             "status": "pass"}  # fmt: skip
 
 
@@ -381,6 +370,6 @@ def _parity_set(run: RunDir, record: FinetuneRecord, count: int, trust: bool):
     split, _ = load_split(record.data(test_limit_per_class=per_class), record.input_size, record.seed, "test")
     images = split.images[:count]
     floats = preprocess_numpy(images, record.preprocessing)
-    stages = {artifact["source_stage"] for artifact in exported_artifacts(run)}
+    stages = {artifact.source_stage for artifact in exported_files(run)}
     reference = {s: run.load_model(s, trust=trust)[0].predict(floats, verbose=0) for s in stages}
     return images, reference

@@ -485,14 +485,18 @@ def bench(
 @command
 def report(
     run: Annotated[Path, typer.Argument(help="A run folder with a finished finetune stage.")],
+    wrong_images: Annotated[int | None, typer.Option(help="Most confidently wrong test images to show (0: none).")] = None,
     trust_run: TrustOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """report.md and a self-contained report.html with plots, for every stage the run finished."""
+    cfg = stage_config(run, config, {"report.wrong_images": wrong_images}, set_).report
     import_tensorflow()
     from edgecls.report import run_report
 
-    entry = run_report(run, trust=trust_run)
+    entry = run_report(run, cfg, trust=trust_run)
     _print_metrics(f"report: {run}", {"report.html": str(run / "report.html"), "figures": ", ".join(entry["metrics"]["figures"])})
 
 
@@ -531,13 +535,20 @@ def evaluate(
     run: Annotated[Path, typer.Argument(help="A run folder.")],
     data: Annotated[str | None, typer.Option(help="Another data source with the same classes.")] = None,
     trust_run: TrustOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Re-compute the test metrics of a run's saved model (writes nothing)."""
+    """Re-compute the test metrics of a run's saved model (writes nothing).
+
+    The run's own test split by default; `--data` (or the `data` section of `--config`/`--set`) another source.
+    """
+    overrides = {"data.source": data, "data.val_fraction": 0.0 if data else None}
+    cfg = stage_config(run, config, overrides, set_)
     import_tensorflow()
     from edgecls.metrics import run_evaluate
 
-    metrics = run_evaluate(run, data, trust=trust_run)
+    metrics = run_evaluate(run, cfg.data if (data or config or set_) else None, trust=trust_run)
     _print_metrics(f"evaluate: {run}", {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))})
     table = Table("class", "accuracy")
     for class_name, accuracy in metrics["per_class_accuracy"].items():
@@ -547,10 +558,13 @@ def evaluate(
 
 @command
 def models(
-    input_size: Annotated[int, typer.Option(help="Input side for the MAC count.")] = 128,
+    input_size: Annotated[int | None, typer.Option(help="Input side for the MAC count (default model.input_size).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """List every backbone: parameters, MACs at an input size, ImageNet weights."""
+    input_size = load_cli_config(config, {}, set_).model.input_size if input_size is None else input_size
     if not 32 <= input_size <= 224:
         raise ConfigError(f"`--input-size` must be in [32, 224] pixels; got {input_size}.")
     import_tensorflow()

@@ -29,6 +29,7 @@ from edgecls.config import FirmwareConfig
 from edgecls.errors import ConfigError, IntegrityError, RunError, StageError
 from edgecls.escape import c_comment, c_string
 from edgecls.preprocessing import c_comment as c_comment_for
+from edgecls.records import ExportedFile, exported_files
 from edgecls.run import (
     RunDir,
     atomic_write_json,
@@ -236,16 +237,14 @@ def write_assets(folder: Path, flatbuffer: bytes, info: dict[str, Any], *, names
     return sorted(files)
 
 
-def _int8_export(run: RunDir, stage: str | None) -> tuple[str, dict[str, Any]]:
-    """The int8 TFLite artifact of `stage`'s export (default: the most optimized one exported)."""
-    from edgecls.export import exported_artifacts
-
+def _int8_export(run: RunDir, stage: str | None) -> tuple[str, ExportedFile]:
+    """The int8 TFLite file of `stage`'s export (default: the most optimized one exported)."""
     order = [stage] if stage else ["pqat", "qat", "prune", "finetune"]
     for candidate in order:
         if run.stage(f"export/{candidate}") is None:
             continue
-        for artifact in exported_artifacts(run, candidate):
-            if artifact["file"] == "model_int8.tflite":
+        for artifact in exported_files(run, candidate):
+            if artifact.file == "model_int8.tflite":
                 return candidate, artifact
     raise RunError(f"run {run.path} has no int8 TFLite model: run `edgecls export {run.path} --int8` first.")
 
@@ -295,7 +294,6 @@ def run_firmware(
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
     from edgecls.devices import load_profile
-    from edgecls.export import artifact_problem
     from edgecls.runtimes import call_isolated
 
     cfg = cfg or FirmwareConfig()
@@ -314,8 +312,8 @@ def run_firmware(
             raise ConfigError(f"`--model` must be an existing .tflite file; got {str(path)!r}.")
     else:
         stage, artifact = _int8_export(run, stage)
-        path = artifact["path"]
-        problem = artifact_problem(artifact)
+        path = artifact.path
+        problem = artifact.problem()
         if problem:
             raise IntegrityError(f"{path}: {problem}; re-export it with `edgecls export {run.path} --force`.")
     key = f"firmware/{stage}"

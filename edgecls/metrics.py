@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecls.config import DataConfig
 from edgecls.errors import DataError
 
 
@@ -52,12 +53,14 @@ def evaluate_model(model, split, class_names: list[str], *, mode: str, batch_siz
     return classification_metrics(split.labels, scores.argmax(axis=1), class_names)
 
 
-def run_evaluate(run_path: str | Path, data: str | None = None, *, batch_size: int = 128, trust: bool = False) -> dict[str, Any]:
+def run_evaluate(
+    run_path: str | Path, data: DataConfig | None = None, *, batch_size: int = 128, trust: bool = False
+) -> dict[str, Any]:
     """Re-compute the test metrics of a finished run's model.
 
     Args:
         run_path: The run folder.
-        data: Another source with the same classes; None for the run's own.
+        data: The data to evaluate on (its test split; same classes); None for the run's own.
         batch_size: Images per inference batch.
         trust: Load a model with Lambda layers (`--trust-run`).
 
@@ -74,9 +77,7 @@ def run_evaluate(run_path: str | Path, data: str | None = None, *, batch_size: i
     run = RunDir(run_path)
     record = run.finetune_record()
     model, _ = run.load_model("finetune", trust=trust)
-    data_cfg = record.data()
-    if data is not None:
-        data_cfg = record.data(source=data, val_fraction=0.0, limit_per_class=None, test_limit_per_class=None)
+    data_cfg = record.data() if data is None else data
     dataset = load_dataset(data_cfg, record.input_size, record.seed)
     if tuple(dataset.class_names) != record.class_names:
         raise DataError(

@@ -9,7 +9,8 @@ sees a file, `load_keras_model`:
 1. checks its sha256 against the one the manifest recorded when edgecls wrote it;
 2. checks that its bytes are the format its name says (`.keras` a zip, `.h5` HDF5);
 3. reads the model config as data (JSON) and refuses `Lambda` layers, serialized
-   lambdas and modules outside Keras/TFMOT, naming the layer;
+   lambdas, TensorFlow-op layers outside side-effect-free namespaces, and modules
+   outside Keras/TFMOT, naming the layer;
 
 and only then loads it (`safe_mode=True` for `.keras`). `trust=True` (the CLI's
 `--trust-run`) skips step 3 for a folder the user vouches for; 1 and 2 always run.
@@ -28,6 +29,11 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 ZIP_SIGNATURE = b"PK\x03\x04"
 SAFE_MODULE_ROOTS = ("keras", "tf_keras", "builtins", "tensorflow_model_optimization")
 UNSAFE_CLASSES = ("Lambda", "__lambda__")
+# TFOpLambda layers call a TensorFlow function by name when the model runs (`tf.io.write_file` would do);
+# the side-effect-free namespaces below cover what Keras' own graphs use (MobileNetV3's hard-swish).
+OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
+SAFE_OPS = ("__operators__.", "math.", "nn.", "image.resize", "reshape", "concat", "expand_dims", "squeeze", "cast",
+            "clip_by_value", "identity", "transpose", "split", "stack")  # fmt: skip
 
 
 def check_format(path: Path) -> None:
@@ -72,6 +78,8 @@ def unsafe_objects(config: Any, where: str = "model") -> list[str]:
         module = config.get("module")
         if class_name in UNSAFE_CLASSES or config.get("function_type") == "lambda":
             found.append(f"layer `{name}` ({class_name or 'lambda'}: Python code)")
+        elif class_name in OP_LAYERS and not str((inner or {}).get("function", "")).startswith(SAFE_OPS):
+            found.append(f"layer `{name}` (calls tf.{(inner or {}).get('function')} when run)")
         elif isinstance(module, str) and module.split(".")[0] not in SAFE_MODULE_ROOTS:
             found.append(f"`{name}` (imports module {module!r})")
         for value in config.values():

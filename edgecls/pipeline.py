@@ -30,7 +30,7 @@ SECTIONS = {
     "firmware": ("firmware",),
     "validate": ("validate",),
     "bench": ("bench",),
-    "report": (),
+    "report": ("report",),
 }
 
 
@@ -152,7 +152,7 @@ def _bench(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
 def _report(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
     from edgecls.report import run_report
 
-    run_report(run.path, trust=trust)
+    run_report(run.path, cfg.report, trust=trust)
     return ["report"]
 
 
@@ -169,9 +169,12 @@ RUNNERS = {
 
 def _failure(run: RunDir, stage: str) -> str | None:
     """The gate or budget a finished validate/bench stage failed, if any."""
-    entry = run.stage(stage) or {}
-    if stage in ("validate", "bench") and entry.get("metrics", {}).get("passed") is False:
-        return "validation gate failed" if stage == "validate" else "device budget or a benchmark row failed"
+    from edgecls.records import bench_record, validation_record
+
+    if stage == "validate" and not validation_record(run).passed:
+        return "validation gate failed"
+    if stage == "bench" and not bench_record(run).passed:
+        return "device budget or a benchmark row failed"
     return None
 
 

@@ -22,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from edgecls.config import ReportConfig
 from edgecls.escape import escape_html, escape_markdown
+from edgecls.records import (
+    BenchRecord,
+    BenchRow,
+    FirmwareRecord,
+    ValidationRow,
+    bench_record,
+    firmware_records,
+    validation_record,
+)  # fmt: skip
 from edgecls.run import FinetuneRecord, RunDir, atomic_write_text, staged_folder
 
 FIGURES = "report"
@@ -97,20 +107,15 @@ def plot_per_class(per_class: dict[str, float | None], path: Path) -> None:
     plt.close(figure)
 
 
-def tradeoff_points(validate_rows: list[dict], bench_rows: list[dict]) -> list[dict[str, Any]]:
+def tradeoff_points(validate_rows: tuple[ValidationRow, ...], bench_rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
     """One point per exported file: its accuracy (LiteRT/ONNX Runtime), bytes, and p50 at 1 thread."""
-    latency = {
-        (r["stage"], r["artifact"]): r["p50_ms"]
-        for r in bench_rows
-        if r.get("status") == "pass" and r.get("threads") == 1 and r.get("p50_ms") is not None
-    }
+    latency = {(r.stage, r.artifact): r.p50_ms for r in bench_rows if r.status == "pass" and r.threads == 1}
     points = []
     for row in validate_rows:
-        if row.get("runtime") == "tflite-micro" or row.get("accuracy") is None:
+        if row.runtime == "tflite-micro" or row.accuracy is None:
             continue
-        key = (row["stage"], row["artifact"])
-        points.append({"label": f"{row['stage']}/{row['artifact']}", "accuracy": row["accuracy"], "bytes": row["bytes"],
-                       "p50_ms": latency.get(key), "precision": row["precision"]})  # fmt: skip
+        points.append({"label": f"{row.stage}/{row.artifact}", "accuracy": row.accuracy, "bytes": row.bytes,
+                       "p50_ms": latency.get((row.stage, row.artifact)), "precision": row.precision})  # fmt: skip
     return points
 
 
@@ -232,40 +237,34 @@ def _html_table(header: list[str], rows: list[list[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _budget_items(run: RunDir) -> tuple[list[tuple[str, float, float]], str] | None:
-    """Measured quantities against the device profile's budgets (from the firmware and bench entries)."""
-    items = []
-    for key, entry in sorted(run.manifest()["stages"].items()):
-        device = entry.get("metrics", {}).get("device") if key.startswith("firmware/") else None
-        if isinstance(device, dict):
-            metrics = entry["metrics"]
-            items.append((f"flash {metrics['stage']}", metrics["flash_bytes"], device["flash_budget"]))
-            items.append((f"arena {metrics['stage']}", metrics["arena_bytes"], device["ram_budget"]))
-    bench = (run.stage("bench") or {}).get("metrics", {})
-    for check in bench.get("budgets", []):
-        items.append((check["what"], check["value"], check["budget"]))
+def _budget_items(firmware: list[FirmwareRecord], bench: BenchRecord | None) -> tuple[list[tuple[str, float, float]], str] | None:
+    """Measured quantities against the device profile's budgets (from the firmware and bench records)."""
+    items, profiles = [], [f.profile for f in firmware if f.profile]
+    for record in firmware:
+        if record.profile:
+            items.append((f"flash {record.stage}", record.flash_bytes, record.flash_budget))
+            items.append((f"arena {record.stage}", record.arena_bytes, record.ram_budget))
+    if bench is not None:
+        items += [(check.what, check.value, check.budget) for check in bench.budgets]
+        profiles = [bench.profile] if bench.profile else profiles
     items = list({name: (name, value, budget) for name, value, budget in items}.values())  # bench repeats firmware's
-    if not items:
-        return None
-    profile = bench.get("profile") or next(
-        (e["metrics"]["device"]["profile"] for k, e in run.manifest()["stages"].items() if k.startswith("firmware/")
-         and isinstance(e.get("metrics", {}).get("device"), dict)), "device")  # fmt: skip
-    return items, f"budgets of {profile}"
+    return (items, f"budgets of {profiles[0] if profiles else 'the device'}") if items else None
 
 
-def run_report(run_path: str | Path, *, trust: bool = False, wrong_images: int = 8) -> dict[str, Any]:
+def run_report(run_path: str | Path, cfg: ReportConfig | None = None, *, trust: bool = False) -> dict[str, Any]:
     """Write `report.md`, `report.html` and `report/*.png` for a run (every finished stage is shown).
 
     Args:
         run_path: A run folder with a finished finetune stage.
+        cfg: The `report` config section; None for the defaults.
         trust: Load a model with Lambda layers (`--trust-run`) for the Grad-CAM panel.
-        wrong_images: How many confidently wrong test images to show.
 
     Returns:
         The report's manifest entry.
     """
     from edgecls.config import load_config
 
+    wrong_images = (cfg or ReportConfig()).wrong_images
     run = RunDir(run_path)
     record = run.finetune_record()
     train_cfg = load_config(run.inside("config.yaml")).train
@@ -273,8 +272,9 @@ def run_report(run_path: str | Path, *, trust: bool = False, wrong_images: int =
     metrics = _read_json(run, "metrics.json", "finetune")
     names = list(record.class_names)
     confusion = np.asarray(metrics["confusion_matrix"], np.int64)
-    validate_rows = (run.stage("validate") or {}).get("metrics", {}).get("rows", [])
-    bench_rows = (run.stage("bench") or {}).get("metrics", {}).get("rows", [])
+    validation, bench = validation_record(run), bench_record(run)
+    validate_rows = validation.rows if validation else ()
+    bench_rows = bench.rows if bench else ()
     sections_md, sections_html, figures = [], [], []
 
     def figure(name: str, title: str, draw) -> None:
@@ -298,31 +298,30 @@ def run_report(run_path: str | Path, *, trust: bool = False, wrong_images: int =
         points = tradeoff_points(validate_rows, bench_rows)
         if points:
             figure("tradeoffs.png", "Accuracy vs latency and size", lambda p: plot_tradeoffs(points, p))
-        budget = _budget_items(run)
+        budget = _budget_items(firmware_records(run), bench)
         if budget:
             figure("budget.png", "Device budget", lambda p: plot_budget(budget[0], budget[1], p))
         if validate_rows:
             header = ["file", "stage", "runtime", "precision", "bytes", "accuracy", "Δ vs Keras (pp)", "status"]
-            rows = [[r["artifact"], r["stage"], r["runtime"], r["precision"], f"{r['bytes']:,}",
-                     "" if r.get("accuracy") is None else f"{r['accuracy']:.4f}",
-                     "" if r.get("delta_pp") is None else f"{r['delta_pp']:+.2f}",
-                     r["status"] if r["status"] == "pass" else f"FAIL: {r.get('reason')}"] for r in validate_rows]  # fmt: skip
+            rows = [[r.artifact, r.stage, r.runtime, r.precision, f"{r.bytes:,}",
+                     "" if r.accuracy is None else f"{r.accuracy:.4f}", "" if r.delta_pp is None else f"{r.delta_pp:+.2f}",
+                     r.status if r.status == "pass" else f"FAIL: {r.reason}"] for r in validate_rows]  # fmt: skip
             table("Validation (full test split)", header, rows)
         if bench_rows:
             header = ["file", "stage", "runtime", "precision", "threads", "p50 ms", "status"]
-            rows = [[r["artifact"], r["stage"], r.get("runtime_kind") or "", r["precision"], r.get("threads") or "",
-                     "" if r.get("p50_ms") is None else f"{r['p50_ms']:.3f}",
-                     r["status"] if r["status"] == "pass" else f"FAIL: {r.get('reason')}"] for r in bench_rows]  # fmt: skip
+            rows = [[r.artifact, r.stage, r.runtime_kind or "", r.precision, r.threads or "",
+                     "" if r.p50_ms is None else f"{r.p50_ms:.3f}",
+                     r.status if r.status == "pass" else f"FAIL: {r.reason}"] for r in bench_rows]  # fmt: skip
             table("Latency", header, rows)
-        examples = _wrong_examples(run, record, trust, wrong_images)
+        examples = _wrong_examples(run, record, trust, wrong_images) if wrong_images else None
         if examples is not None:
             figure("wrong.png", "Most confidently wrong", lambda p: plot_wrong(*examples, p))
         summary = {
             "test_accuracy": metrics["test_accuracy"],
             "num_test_images": metrics["num_test_images"],
             "figures": figures,
-            "validation_passed": (run.stage("validate") or {}).get("metrics", {}).get("passed"),
-            "recommendation": (run.stage("bench") or {}).get("metrics", {}).get("recommendation"),
+            "validation_passed": validation.passed if validation else None,
+            "recommendation": bench.recommendation if bench else None,
         }
     title = f"edgecls report: {run.path.name}"
     intro = (

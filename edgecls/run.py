@@ -185,6 +185,7 @@ class FinetuneRecord:
         alpha: Width multiplier.
         seed: The run's seed (splits and limits are derived from it).
         data_config: The run's `data` config section, as saved.
+        macs: Multiply-accumulates of one inference, as finetune measured them (None if not recorded).
     """
 
     class_names: tuple[str, ...]
@@ -194,6 +195,7 @@ class FinetuneRecord:
     alpha: float
     seed: int
     data_config: dict[str, Any]
+    macs: int | None = None
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any], where: Path) -> FinetuneRecord:
@@ -208,6 +210,7 @@ class FinetuneRecord:
                 alpha=float(model["alpha"]),
                 seed=int(inputs["seed"]),
                 data_config=dict(inputs["data_config"]),
+                macs=(entry.get("metrics") or {}).get("macs"),
             )
         except (KeyError, TypeError, ValueError):
             record = None
@@ -217,6 +220,7 @@ class FinetuneRecord:
             or len(record.class_names) < 2
             or not all(isinstance(name, str) for name in record.class_names)
             or not 1 <= record.input_size <= 4096
+            or not (record.macs is None or (isinstance(record.macs, int) and record.macs > 0))
         ):
             raise RunError(f"the finetune entry of {where / MANIFEST} is not shaped as edgecls writes it.")
         return record

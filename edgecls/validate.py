@@ -23,6 +23,7 @@ import numpy as np
 from edgecls.config import ValidateConfig
 from edgecls.errors import RunError, UnsavedResultsError
 from edgecls.escape import escape_markdown
+from edgecls.records import ExportedFile
 from edgecls.run import RunDir, atomic_write_json, atomic_write_text, check_writable
 
 
@@ -74,13 +75,13 @@ def verify_model_file(path: Path) -> str | None:
     return None
 
 
-def _row(artifact: dict, runtime: str, scores: np.ndarray | None, labels, reference, keras_acc, gate, reason=None):
+def _row(artifact: ExportedFile, runtime: str, scores: np.ndarray | None, labels, reference, keras_acc, gate, reason=None):
     row = {
-        "artifact": artifact["file"],
-        "stage": artifact["stage"],
+        "artifact": artifact.file,
+        "stage": artifact.stage,
         "runtime": runtime,
-        "precision": artifact["precision"],
-        "bytes": artifact["bytes"],
+        "precision": artifact.precision,
+        "bytes": artifact.bytes,
         "images": int(len(labels)),
         "keras_accuracy": keras_acc,
     }
@@ -141,20 +142,20 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
     """
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
-    from edgecls.export import artifact_problem, exported_artifacts
+    from edgecls.records import exported_files
     from edgecls.runtimes import KerasRunner, WorkerError, isolated_scores, predict, tflm_scores_isolated
 
     cfg = cfg or ValidateConfig()
     gate, stage, tflm_images = Gate.from_config(cfg), cfg.stage, cfg.tflm_images
     run = RunDir(run_path)
-    artifacts = exported_artifacts(run, stage)
+    artifacts = exported_files(run, stage)
     record = run.finetune_record()
     check_writable(run.path, "fix the run folder's permissions or free some space")  # before minutes of inference
     mode, size = record.preprocessing, record.input_size
     test, _ = load_split(record.data(), size, record.seed, "test")
     images = preprocess_numpy(test.images, mode)
     references: dict[str, np.ndarray] = {}
-    for source in sorted({a["source_stage"] for a in artifacts}):
+    for source in sorted({a.source_stage for a in artifacts}):
         references[source] = predict(KerasRunner(run.load_model(source, trust=trust)[0]), images, batch_size=256)
     classes = len(record.class_names)
     per_class = [np.flatnonzero(test.labels == c)[: max(1, tflm_images // classes)] for c in range(classes)]
@@ -163,29 +164,29 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
 
     rows = []
     for artifact in artifacts:
-        reference = references[artifact["source_stage"]]
+        reference = references[artifact.source_stage]
         keras_acc = float(np.mean(reference.argmax(1) == test.labels))
-        runtime = "litert" if artifact["format"] == "tflite" else "onnxruntime"
-        problem = artifact_problem(artifact) or verify_model_file(artifact["path"])
+        runtime = "litert" if artifact.format == "tflite" else "onnxruntime"
+        problem = artifact.problem() or verify_model_file(artifact.path)
         scores = None
         if problem is None:
             try:
-                scores = isolated_scores(artifact["path"], test.images, mode=mode)
+                scores = isolated_scores(artifact.path, test.images, mode=mode)
             except WorkerError as exc:
                 problem = str(exc)
         rows.append(_row(artifact, runtime, scores, test.labels, reference, keras_acc, gate, problem))
-        if artifact["format"] == "tflite" and artifact["precision"] == "int8" and tflm_images and problem is None:
+        if artifact.format == "tflite" and artifact.precision == "int8" and tflm_images and problem is None:
             sub_keras = float(np.mean(reference[subset].argmax(1) == test.labels[subset]))
             micro, reason = None, None
             try:
-                micro = tflm_scores_isolated(artifact["path"], images[subset])
+                micro = tflm_scores_isolated(artifact.path, images[subset])
             except WorkerError as exc:
                 reason = str(exc)
             rows.append(_row(artifact, "tflite-micro", micro, test.labels[subset], reference[subset], sub_keras, gate, reason))
     result = {"passed": all(r["status"] == "pass" for r in rows), "gate": asdict(gate), "rows": rows}
     keys = ("artifact", "stage", "runtime", "precision", "bytes", "accuracy", "delta_pp", "agreement", "status", "reason")
     summary = [{k: r.get(k) for k in keys} for r in rows]
-    inputs = {f"{a['stage']}/{a['file']}": a["sha256"] for a in artifacts}
+    inputs = {f"{a.stage}/{a.file}": a.sha256 for a in artifacts}
     try:
         atomic_write_json(run.file("validate.json"), result)
         atomic_write_text(run.file("validate.md"), markdown(rows))

@@ -25,6 +25,7 @@ from edgecls import __version__
 from edgecls.config import ExportConfig
 from edgecls.console import quiet_native
 from edgecls.errors import ConfigError, RunError
+from edgecls.records import optimize_record
 from edgecls.run import FinetuneRecord, RunDir, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
 QAT_STAGES = ("qat", "pqat")
@@ -41,46 +42,8 @@ def choose_stage(run: RunDir, requested: str | None) -> str:
     return next(stage for stage in STAGE_ORDER if run.stage(stage) is not None)
 
 
-def exported_artifacts(run: RunDir, stage: str | None = None) -> list[dict[str, Any]]:
-    """Every file the finished exports of `run` (or of one stage) list, with `stage` and `path` added.
-
-    Raises:
-        RunError: nothing exported (or the run or stage is missing).
-    """
-    exported = [key.split("/", 1)[1] for key in run.manifest().get("stages", {}) if key.startswith("export/")]
-    stages = [stage] if stage else exported
-    if not stages:
-        run.require_stage("finetune")
-        raise RunError(f"run {run.path} has nothing exported: run `edgecls export {run.path} --int8` first.")
-    found = []
-    for name in stages:
-        rows = run.require_stage(f"export/{name}").get("metrics", {}).get("artifacts")
-        if not isinstance(rows, list) or not all(_is_artifact_row(row) for row in rows):
-            raise RunError(f"the `export/{name}` entry of {run.manifest_path} is not shaped as edgecls writes it.")
-        for row in rows:
-            found.append({**row, "stage": name, "path": run.inside(f"export/{name}/{row['file']}")})
-    return found
-
-
-ARTIFACT_FIELDS = {"file": str, "format": str, "precision": str, "source_stage": str, "bytes": int, "sha256": str}
-
-
-def _is_artifact_row(row: Any) -> bool:
-    return isinstance(row, dict) and all(isinstance(row.get(key), kind) for key, kind in ARTIFACT_FIELDS.items())
-
-
-def artifact_problem(artifact: dict[str, Any]) -> str | None:
-    """Why an exported file must not be used: missing, or changed since export (sha256 vs export.json); None if intact."""
-    path = artifact["path"]
-    if not path.is_file():
-        return "missing file"
-    if sha256_file(path) != artifact["sha256"]:
-        return "sha256 differs from the export record: the file was changed after export"
-    return None
-
-
 def _float_parent(run: RunDir, stage: str) -> str:
-    return run.require_stage(stage)["inputs"]["parent"] if stage in QAT_STAGES else stage
+    return optimize_record(run, stage).parent if stage in QAT_STAGES else stage
 
 
 def _metadata(record: FinetuneRecord, precision: str, source_stage: str) -> dict[str, Any]:
@@ -122,7 +85,7 @@ def resolve_granularity(run: RunDir, stage: str, requested: str) -> str:
     """
     if stage not in QAT_STAGES:
         return "per-channel" if requested == "auto" else requested
-    trained = run.require_stage(stage)["inputs"].get("optimize_config", {}).get("granularity", "per-channel")
+    trained = optimize_record(run, stage).granularity
     if requested not in ("auto", trained):
         raise ConfigError(
             f"stage `{stage}` was quantization-aware trained with {trained} weights, so its int8 files are {trained}; "

@@ -217,8 +217,9 @@ def _stage_dir(run: RunDir, stage: str, force: bool) -> Path:
 def freeze_batchnorm(model) -> None:
     """Keep every BatchNormalization layer in inference mode (in place, before any TFMOT wrapping).
 
-    Fine-tuning froze them (`train.batchnorm: frozen`); pruning and QAT must not
-    start re-estimating their statistics from small batches either. The clones
+    Whether or not fine-tuning trained them, pruning and QAT must not re-estimate
+    their statistics from small batches: with trainable BatchNorm, QAT of the default
+    model lost 8.8 pp (docs/benchmarks.md); with it frozen, 0.17 pp. The clones
     TFMOT makes keep the flag. (Freezing inside a QuantizeWrapper afterwards
     would list the BatchNorm weights twice and break saving.)
     """
@@ -319,8 +320,7 @@ def run_optimize(
     for stage in planned_stages(opt):
         if run.stage(stage) is not None and not force:
             _stage_dir(run, stage, force)  # raises the clear error before any work
-    if cfg.train.batchnorm == "frozen":
-        freeze_batchnorm(model)
+    freeze_batchnorm(model)
     if opt.qat:
         apply_qat(model, skip_unsupported=opt.skip_unsupported)  # fail early on unsupported layers
     data_cfg = dataclasses.replace(cfg.data, limit_per_class=opt.limit_per_class or cfg.data.limit_per_class)

@@ -214,6 +214,7 @@ COMMANDS = {
     "firmware": ["firmware", "--force"],
     "validate": ["validate"],
     "bench": ["bench", "--runs", "2"],
+    "report": ["report"],
 }
 
 
@@ -247,6 +248,7 @@ def test_every_command_refuses_a_damaged_run(run_copy, capsys, command, damage):
         (["firmware", "{run}", "--namespace", "int", "--force"], "`--namespace` must be an ASCII C++ identifier"),
         (["bench", "{run}", "--profile", "{run}/board.yaml"], "needs `ram_bytes`"),
         (["bench", "{run}", "--profile", "no-such-board"], "the device profile must be one of"),
+        (["report", "{missing}"], "does not exist"),
         (["evaluate", "{run}", "--data", "{missing}"], "does not exist"),
     ],
 )
@@ -259,3 +261,25 @@ def test_bad_inputs_to_run_commands(run_copy, tmp_path, capsys, args, message):
     code, _, err = run_cli([a.format(**values) for a in args], capsys)
     assert_one_error(code, err, 2, message)
     assert snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("command", [["validate"], ["bench", "--runs", "2"], ["firmware", "--force"]])
+def test_a_malformed_export_record_is_refused(run_copy, capsys, command):
+    _artifacts_not_a_list(run_copy)
+    before = snapshot(run_copy)
+    code, _, err = run_cli([command[0], run_copy, *command[1:]], capsys)
+    assert_one_error(code, err, 2, "the `export/finetune` entry")
+    assert snapshot(run_copy) == before
+
+
+def test_typed_records_check_field_types():
+    from edgecls.errors import RunError
+    from edgecls.records import ValidationRow, _typed
+
+    row = {"artifact": "m.tflite", "stage": "finetune", "runtime": "litert", "precision": "int8", "bytes": 10,
+           "status": "pass", "accuracy": 1, "delta_pp": None}  # fmt: skip
+    parsed = _typed(ValidationRow, row, "here")
+    assert parsed.accuracy == 1.0 and isinstance(parsed.accuracy, float) and parsed.delta_pp is None
+    for bad in ({**row, "bytes": "10"}, {**row, "status": None}, {**row, "bytes": True}, ["not", "a", "dict"]):
+        with pytest.raises(RunError, match="here is not shaped as edgecls writes it"):
+            _typed(ValidationRow, bad, "here")

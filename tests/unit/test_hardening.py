@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -411,3 +412,42 @@ def test_empty_files_are_refused_or_mean_the_defaults(tmp_path, capsys, kind):
         read(str(empty))
     assert caught.value.exit_code == 2
     assert ("needs `name` and `kind" if kind == "profile" else "is not valid JSON") in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"pipeline:\n  stages: [finetune, deploy]\n", "`pipeline.stages` must be a subset of"),
+        (b"bench:\n  threads: [0]\n", "`bench.threads` must be positive integers"),
+        (b"firmware:\n  arena_margin: 3\n", "`firmware.arena_margin` must be in [0, 1]"),
+        (b"validate:\n  tflm_images: -1\n", "`validate.tflm_images` must be zero or more"),
+        (b"model:\n  name: [mobilenet]\n", "`model.name` must be a string"),
+    ],
+)
+def test_edgecls_run_checks_every_section_first(tmp_path, capsys, monkeypatch, text, message):
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "pipeline.yaml"
+    config.write_bytes(text)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(["run", config], capsys)
+    assert_one_error(code, err, 2, message)
+    assert snapshot(tmp_path) == before
+
+
+def test_op_layers_that_touch_the_world_are_refused_and_keras_own_are_not():
+    """A TFOpLambda naming tf.io.write_file would write when the model runs; MobileNetV3's ops are arithmetic."""
+    import tensorflow as tf
+    import tf_keras
+
+    from edgecls.modelfile import unsafe_objects
+    from edgecls.models import create_model
+
+    inputs = tf_keras.Input((4,))
+    model = tf_keras.Model(inputs, tf.math.add(inputs, 1.0))
+    config = json.loads(model.to_json())
+    assert unsafe_objects(config) == []
+    planted = json.loads(json.dumps(config).replace('"function": "math.add"', '"function": "io.write_file"'))
+    assert planted != config
+    assert any("tf.io.write_file" in item for item in unsafe_objects(planted))
+    v3, _ = create_model("mobilenet_v3_small", input_size=32, weights="none")
+    assert unsafe_objects(json.loads(v3.to_json())) == []
