@@ -393,5 +393,6 @@ def run_firmware(
             }
         atomic_write_json(tmp / "firmware.json", summary)
     outputs = [f"firmware/{stage}/{name}" for name in [*files, "firmware.json"]]
-    return run.record_stage(key, seed=record.seed, inputs={"model": info["source"]}, outputs=outputs,
+    inputs = {"model": info["source"], "model_sha256": info["sha256"]}
+    return run.record_stage(key, seed=record.seed, inputs=inputs, outputs=outputs,
                             metrics=summary, warnings=[])  # fmt: skip

@@ -335,7 +335,8 @@ def run_report(run_path: str | Path, cfg: ReportConfig | None = None, *, trust: 
     atomic_write_text(run.file("report.md"), f"# {escape_markdown(title)}\n\n{escape_markdown(intro)}\n\n" + "\n".join(sections_md))
     atomic_write_text(run.file("report.html"), _html_page(title, intro, sections_html))
     outputs = ["report.md", "report.html", *(f"{FIGURES}/{name}" for name in figures)]
-    return run.record_stage("report", seed=record.seed, inputs={}, outputs=outputs, metrics=summary, warnings=[])
+    inputs = {"finetune_sha256": run.model_sha256("finetune"), "stages": sorted(run.manifest()["stages"])}
+    return run.record_stage("report", seed=record.seed, inputs=inputs, outputs=outputs, metrics=summary, warnings=[])
 
 
 def _html_page(title: str, intro: str, sections: list[str]) -> str:

@@ -306,6 +306,10 @@ class RunDir:
             raise RunError(f"run {self.path} has no finished `{name}` stage; run `edgecls {command}` first.")
         return entry
 
+    def model_sha256(self, stage: str) -> str | None:
+        """The sha256 the manifest recorded for the Keras model a stage saved (a later stage's `inputs` cite it)."""
+        return self.output_sha256(stage, "model.keras" if stage == "finetune" else f"{stage}/model.h5")
+
     def finetune_record(self) -> FinetuneRecord:
         """The checked `FinetuneRecord` of a finished run (`RunError` when missing or malformed)."""
         return FinetuneRecord.from_entry(self.require_stage("finetune"), self.path)

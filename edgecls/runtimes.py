@@ -90,12 +90,15 @@ def predict(runner, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 
 def _child(connection, function, args) -> None:
-    """Run `function(*args)` in the child; send back ("ok", value) or ("error", message)."""
+    """Run `function(*args)` in the child; send back ("ok", value), ("raise", edgecls error) or ("error", message)."""
+    from edgecls.errors import EdgeclsError
     from edgecls.run import quiet_native_stderr
 
     try:
         with quiet_native_stderr():
             connection.send(("ok", function(*args)))
+    except EdgeclsError as exc:  # a clear, expected refusal (a float model, say): the parent raises it as is
+        connection.send(("raise", exc))
     except Exception as exc:  # the parent turns it into one WorkerError line
         connection.send(("error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:240] if str(exc) else ''}"))
     finally:
@@ -134,6 +137,8 @@ def call_isolated(function, *args, timeout: float = 1800):
     finally:
         process.join(10)
         receive.close()
+    if status == "raise":
+        raise value
     if status == "error":
         raise WorkerError(value)
     return value

@@ -91,7 +91,7 @@ def _row(artifact: ExportedFile, runtime: str, scores: np.ndarray | None, labels
     agreement = float(np.mean(scores.argmax(1) == reference.argmax(1)))
     delta = (accuracy - keras_acc) * 100
     error = np.abs(scores - reference)
-    reason = gate.judge(artifact["precision"], agreement, delta)
+    reason = gate.judge(artifact.precision, agreement, delta)
     return {
         **row,
         "accuracy": accuracy,

@@ -241,7 +241,8 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, 
         atomic_write_json(tmp / "export.json", summary)
     outputs = sorted(str(p.relative_to(run.path)) for p in final.iterdir())
     return run.record_stage(
-        key, seed=record.seed, inputs={"stage": stage, "export_config": _plain(cfg)}, outputs=outputs,
+        key, seed=record.seed, inputs={"stage": stage, "stage_sha256": run.model_sha256(stage), "export_config": _plain(cfg)},
+        outputs=outputs,
         metrics=summary, warnings=[],
     )  # fmt: skip
 

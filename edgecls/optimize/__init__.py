@@ -267,7 +267,8 @@ def _finish(run: RunDir, stage: str, model, cfg: EdgeConfig, data, extra: dict[s
     return run.record_stage(
         stage,
         seed=cfg.run.seed,
-        inputs={"parent": extra["parent"], "optimize_config": cfg.to_dict()["optimize"]},
+        inputs={"parent": extra["parent"], "parent_sha256": run.model_sha256(extra["parent"]),
+                "optimize_config": cfg.to_dict()["optimize"]},  # fmt: skip
         outputs=[f"{folder}/{MODEL_FILE}", f"{folder}/metrics.json"],
         metrics=headline,
         warnings=warnings,

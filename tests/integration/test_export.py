@@ -108,9 +108,9 @@ def test_bad_calibration_manifests(exported, tmp_path, capsys):
         (["--calibration", tmp_path / "size.json"], "holds 64 px images; the model takes 32 px"),
         (["--calibration", tmp_path / "missing.json"], "must be an existing calibration manifest"),
         (["--format", "onnx", "--precision", "fp16"], "fp32 or int8 for ONNX"),
-        (["--precision", "int4"], "`export.precisions` must be a non-empty subset"),
+        (["--precision", "int4"], "`--precision` must be a non-empty subset"),
         (["--stage", "qat"], "has no finished `qat` stage"),
-        (["--granularity", "per-row"], "`export.granularity` must be one of auto, per-channel, per-tensor"),
+        (["--granularity", "per-row"], "`--granularity` must be one of auto, per-channel, per-tensor"),
     ]
     for args, message in cases:
         code, out, err = run_cli(["export", copy, "--int8", "--force", *args], capsys)

@@ -128,9 +128,9 @@ def test_bad_inputs(firmware_run, tmp_path, capsys):
     float_model = copy / "export/finetune/model_fp32.tflite"
     cases = [
         (["--model", float_model], "has float32 input and float32 output; TFLM firmware needs the full-integer"),
-        (["--device", "esp32"], "the device profile must be one of cortex-m4-nrf52840, cortex-m7-stm32h747"),
+        (["--device", "esp32"], "the device profile must be one of cortex-m4-nrf52840, cortex-m4-stm32f446"),
         (["--stage", "qat"], "has no int8 TFLite model"),
-        (["--namespace", "1bad"], "`--namespace` must be a C++ identifier"),
+        (["--namespace", "1bad"], "`--namespace` must be an ASCII C++ identifier"),
         ([], "already has firmware assets for `finetune`; pass `--force`"),
     ]
     for args, message in cases:

@@ -127,12 +127,12 @@ def test_structured_2_4(run_copy, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--prune", "1.5"], "`optimize.prune` must be a sparsity in (0, 1); got 1.5."),
-        (["--prune", "0"], "`optimize.prune` must be a sparsity in (0, 1); got 0.0."),
+        (["--prune", "1.5"], "`--prune` must be a sparsity in (0, 1); got 1.5."),
+        (["--prune", "0"], "`--prune` must be a sparsity in (0, 1); got 0.0."),
         ([], "nothing to do: pass `--prune SPARSITY` and/or `--qat`."),
-        (["--prune", "0.3", "--structured-2-4"], "`optimize.prune` must be 0.5 with 2:4"),
-        (["--prune", "0.5", "--prune-layers", "depthwise"], "`optimize.prune_layers` must be"),
-        (["--qat", "--granularity", "per-row"], "`optimize.granularity` must be one of per-channel, per-tensor"),
+        (["--prune", "0.3", "--structured-2-4"], "`--prune` must be 0.5 with 2:4"),
+        (["--prune", "0.5", "--prune-layers", "depthwise"], "`--prune-layers` must be"),
+        (["--qat", "--granularity", "per-row"], "`--granularity` must be one of per-channel, per-tensor"),
     ],
 )
 def test_bad_options(run_copy, capsys, args, message):

@@ -47,6 +47,17 @@ def test_parity_table(tiny_exported_run, tmp_path, capsys):
     assert "model_int8.onnx" in out
 
 
+def rerecord(run, stage: str, name: str) -> None:
+    """Record an exported file's current sha256, as an exporter that wrote it that way would have."""
+    from edgecls.run import sha256_file
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    for artifact in manifest["stages"][f"export/{stage}"]["metrics"]["artifacts"]:
+        if artifact["file"] == name:
+            artifact["sha256"] = sha256_file(run / "export" / stage / name)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
 @pytest.mark.parametrize(
     ("name", "damage", "reason"),
     [
@@ -59,10 +70,12 @@ def test_parity_table(tiny_exported_run, tmp_path, capsys):
     ],
 )
 def test_corrupt_files_fail_their_row(tiny_exported_run, tmp_path, capsys, name, damage, reason):
+    """Files that match their export record but are broken (the hash check is test_hostile_runs')."""
     run = tmp_path / "run"
     shutil.copytree(tiny_exported_run, run)
     path = run / "export" / "finetune" / name
     path.write_bytes(damage(path.read_bytes()))
+    rerecord(run, "finetune", name)
     code, out, err = run_cli(["validate", run, "--max-int8-drop", "100", "--tflm-images", "0"], capsys)
     assert code == 1, err
     assert "validation failed: 1 of 4 rows" in err
@@ -85,7 +98,7 @@ def test_gate_passes_good_and_fails_wrongly_calibrated_int8(tmp_path, shared_cif
     from edgecls.export import run_export
     from edgecls.export import tflite as tflite_export
     from edgecls.optimize import load_stage_model
-    from edgecls.run import RunDir, sha256_file
+    from edgecls.run import RunDir
     from edgecls.train import run_finetune
 
     cfg = load_config(
@@ -105,11 +118,7 @@ def test_gate_passes_good_and_fails_wrongly_calibrated_int8(tmp_path, shared_cif
     wrong = np.full((1, 128, 128, 3), 0.01, np.float32)  # calibrated on a flat grey image: ranges far too narrow
     flatbuffer = tflite_export.convert(model, "int8", representative=lambda: iter([[wrong]] * 20))
     (tmp_path / "gate/export/finetune/model_int8.tflite").write_bytes(flatbuffer)
-    manifest = json.loads((tmp_path / "gate/manifest.json").read_text())  # recorded, as a real re-export would
-    for artifact in manifest["stages"]["export/finetune"]["metrics"]["artifacts"]:
-        if artifact["file"] == "model_int8.tflite":
-            artifact["sha256"] = sha256_file(tmp_path / "gate/export/finetune/model_int8.tflite")
-    (tmp_path / "gate/manifest.json").write_text(json.dumps(manifest))
+    rerecord(tmp_path / "gate", "finetune", "model_int8.tflite")  # as a real re-export would
     code, out, err = run_cli(args, capsys)
     assert code == 1, out
     row = next(r for r in json.loads((tmp_path / "gate/validate.json").read_text())["rows"] if r["precision"] == "int8")
