@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgecls.console import is_debug, set_debug
 from edgecls.errors import ConfigError, EdgeclsError, StageInterruptedError, UnsavedResultsError
 
 app = typer.Typer(
@@ -27,7 +28,6 @@ app = typer.Typer(
 )
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)  # full tables in logs
 err = Console(stderr=True)
-_DEBUG = {"on": False}
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config (e.g. a run's config.yaml).")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
@@ -54,10 +54,7 @@ def command(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        _DEBUG["on"] = bool(kwargs.get("debug"))
-        from edgecls.console import set_debug
-
-        set_debug(_DEBUG["on"])
+        set_debug(bool(kwargs.get("debug")))
         try:
             return function(*args, **kwargs)
         except KeyboardInterrupt:
@@ -102,12 +99,12 @@ def import_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from edgecls.run import quiet_native_stderr
 
-    with quiet_native_stderr(enabled=not _DEBUG["on"]):
+    with quiet_native_stderr(enabled=not is_debug()):
         import tensorflow as tf
 
         tf.get_logger().setLevel("ERROR")
         tf.config.list_physical_devices()  # the CUDA probe logs here on CPU-only machines
-    if not _DEBUG["on"]:
+    if not is_debug():
         from edgecls.console import silence_known_noise
 
         silence_known_noise()
@@ -608,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         err.print(f"edgecls: {exc}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
     except EdgeclsError as exc:
-        if _DEBUG["on"]:
+        if is_debug():
             raise
         err.print(f"edgecls: error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code

@@ -37,6 +37,11 @@ def set_debug(debug: bool) -> None:
     _STATE["debug"] = debug
 
 
+def is_debug() -> bool:
+    """Whether `--debug` is on (the one place that state lives)."""
+    return _STATE["debug"]
+
+
 def quiet_native():
     """Silence native (C++) chatter on stderr around a library call, unless `--debug`.
 

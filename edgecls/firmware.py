@@ -28,7 +28,7 @@ from edgecls import __version__
 from edgecls.config import FirmwareConfig
 from edgecls.errors import ConfigError, IntegrityError, RunError, StageError
 from edgecls.escape import c_comment, c_string
-from edgecls.preprocessing import c_comment as c_comment_for
+from edgecls.preprocessing import formula
 from edgecls.records import ExportedFile, exported_files
 from edgecls.run import (
     RunDir,
@@ -360,7 +360,7 @@ def run_firmware(
             "output_scale": repr(float(out_scale)),
             "output_zero_point": int(out_zero),
             "num_classes": len(record.class_names),
-            "normalization": c_comment_for(record.preprocessing),
+            "normalization": formula(record.preprocessing),
             "arena_measured": measured,
             "arena_size": arena,
             "margin_percent": round(margin * 100),

@@ -53,7 +53,7 @@ def describe(mode: str) -> dict[str, Any]:
     return {"mode": "caffe", "formula": "RGB->BGR, x - mean", "channel_order": "BGR", "mean_bgr": list(IMAGENET_MEAN_BGR)}
 
 
-def c_comment(mode: str) -> str:
+def formula(mode: str) -> str:
     """The normalization in one line for a C header comment (`normalized(p) = ...`)."""
     _check(mode)
     return "p / 127.5 - 1" if mode == "tf" else "channels reversed to BGR, then p - (103.939, 116.779, 123.68)"
