@@ -226,13 +226,20 @@ def optimize(
     ] = False,
     limit_per_class: Annotated[int | None, typer.Option(help="At most N training images per class.")] = None,
     granularity: Annotated[str | None, typer.Option(help="QAT weight scales: per-channel | per-tensor.")] = None,
+    prune_channels: Annotated[
+        float | None, typer.Option(help="Share of each convolution's output channels to remove (stage channels).")
+    ] = None,
+    channel_criterion: Annotated[str | None, typer.Option(help="Channel ranking: l1 | l2 | bn.")] = None,
+    fit: Annotated[
+        str | None, typer.Option(help="Device profile: remove the channels it takes for the int8 file and arena to fit.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo a finished stage.")] = False,
     trust_run: TrustOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Prune and/or quantization-aware train a fine-tuned run (stages prune, qat, pqat)."""
+    """Prune weights or channels and/or quantization-aware train a fine-tuned run (stages prune, channels, qat, pqat, cqat)."""
     flags = {
         "optimize.prune": prune,
         "optimize.structured": structured or None,
@@ -244,6 +251,9 @@ def optimize(
         "optimize.skip_unsupported": skip_unsupported or None,
         "optimize.limit_per_class": limit_per_class,
         "optimize.granularity": granularity,
+        "optimize.prune_channels": prune_channels,
+        "optimize.channel_criterion": channel_criterion,
+        "optimize.fit": fit,
     }
     opt = stage_config(run, config, flags, set_).optimize
     import_tensorflow()
@@ -262,7 +272,7 @@ def export(
     format_: Annotated[str | None, typer.Option("--format", help="Comma list of tflite, onnx.")] = None,
     precision: Annotated[str | None, typer.Option(help="Comma list of fp32, fp16, dynamic, int8.")] = None,
     io: Annotated[str | None, typer.Option(help="int8 TFLite input/output type: int8 | uint8 | float.")] = None,
-    stage: Annotated[str | None, typer.Option(help="finetune | prune | qat | pqat (default: most optimized).")] = None,
+    stage: Annotated[str | None, typer.Option(help="A run stage (default: the most optimized).")] = None,
     calibration: Annotated[str | None, typer.Option(help="A calibration manifest (edgecls calibrate).")] = None,
     calibration_samples: Annotated[int | None, typer.Option(help="Images when building one.")] = None,
     calibration_method: Annotated[str | None, typer.Option(help="ONNX: minmax | entropy | percentile.")] = None,
@@ -272,6 +282,15 @@ def export(
     strip_strings: Annotated[
         bool, typer.Option("--strip-strings", help="TFLite: drop tensor names and signatures (smaller flash).")
     ] = False,
+    inspect: Annotated[
+        bool, typer.Option("--inspect", help="Per-layer int8 error report (quant_debug.*), as `edgecls inspect`.")
+    ] = False,
+    fallback: Annotated[
+        str | None, typer.Option(help="int8: auto keeps the worst layers float while the drop exceeds --max-int8-drop.")
+    ] = None,
+    max_int8_drop: Annotated[float | None, typer.Option(help="Accuracy points int8 may lose (validation).")] = None,
+    max_float_layers: Annotated[int | None, typer.Option(help="Layers --fallback auto may keep in float.")] = None,
+    float_layers: Annotated[str | None, typer.Option(help="Comma list of Keras layers to keep in float.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export of the stage.")] = False,
     trust_run: TrustOpt = False,
     config: ConfigOpt = None,
@@ -289,6 +308,11 @@ def export(
         "export.calibration_method": calibration_method,
         "export.granularity": granularity,
         "export.strip_strings": strip_strings or None,
+        "export.inspect": inspect or None,
+        "export.fallback": fallback,
+        "export.max_int8_drop": max_int8_drop,
+        "export.max_float_layers": max_float_layers,
+        "export.float_layers": float_layers,
     }
     cfg = stage_config(run, config, flags, set_).export
     import_tensorflow()
@@ -307,6 +331,51 @@ def export(
             row["sha256"][:12],
         )  # fmt: skip
     out.print(table)
+    for row in entry["metrics"]["artifacts"]:
+        _print_fallback(row)
+
+
+def _print_fallback(row: dict[str, Any]) -> None:
+    fallback = row.get("fallback")
+    if not fallback:
+        return
+    layers = ", ".join(fallback["float_layers"]) or "none"
+    verdict = "within" if fallback["met"] else "NOT within"
+    out.print(
+        f"{row['file']}: float layers {layers}; validation accuracy float {fallback['float_accuracy']:.4f}, "
+        f"all-int8 {fallback['int8_accuracy']:.4f}, now {fallback['accuracy']:.4f} "
+        f"({verdict} {fallback['tolerance_pp']:g} points)"
+    )
+    if fallback["float_layers"]:
+        warn(f"{row['file']} keeps layers in float: not deployable to TFLite Micro int8-only targets; QAT keeps all int8.")
+
+
+@command
+def inspect(
+    run: Annotated[Path, typer.Argument(help="A run folder with an int8 export.")],
+    stage: Annotated[str | None, typer.Option(help="Exported stage (default: most optimized).")] = None,
+    trust_run: TrustOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Per-layer int8 error of a stage's TFLite and ONNX files, worst first (quant_debug.json/.md/.png)."""
+    cfg = stage_config(run, config, {"export.stage": stage}, set_).export
+    import_tensorflow()
+    from edgecls.export.inspect import run_inspect
+
+    entry = run_inspect(run, cfg, trust=trust_run)
+    report = entry["metrics"]
+    for fmt, rows in report["layers"].items():
+        table = Table(title=f"inspect: {run}/export/{report['stage']} {fmt} ({report['granularity']} weights), worst first")
+        for column in ("Keras layer", "op", "SQNR dB", "RMSE/scale", "scale", "agreement", "outlier"):
+            table.add_column(column)
+        for row in rows[:8]:
+            table.add_row(
+                row["layer"], row["op"], f"{row['sqnr_db']:.1f}", f"{row['rmse_over_scale']:.2f}", f"{row['scale']:.4g}",
+                f"{row['agreement']:.4f}", "yes" if row["outlier"] else "",
+            )  # fmt: skip
+        out.print(table)
 
 
 @command
@@ -351,7 +420,7 @@ def calibrate(
 @command
 def firmware(
     run: Annotated[Path, typer.Argument(help="A run folder with an int8 export.")],
-    stage: Annotated[str | None, typer.Option(help="Export to use: finetune | prune | qat | pqat.")] = None,
+    stage: Annotated[str | None, typer.Option(help="Export to use: finetune | prune | channels | qat | pqat | cqat.")] = None,
     model: Annotated[Path | None, typer.Option(help="Another .tflite file instead of the run's export.")] = None,
     namespace: Annotated[str | None, typer.Option(help="C++ namespace of the symbols; `none` for none.")] = None,
     prefix: Annotated[str | None, typer.Option(help="Prefix of the generated symbols, e.g. g_.")] = None,

@@ -217,6 +217,22 @@ class OptimizeConfig:
             `per-tensor` (smaller files; for accelerators that need it).
             Per-tensor folds BatchNorm into the convolutions first, and wants a higher
             `qat_lr` and more epochs (measured: 5e-4, 4 epochs). Defaults to `per-channel`.
+        prune_channels: Share in [0, 1) of the output channels to remove from every
+            prunable convolution (stage `channels`, then `cqat` with `qat`); None for none.
+        channel_ratios: Per-layer shares by producer convolution name (YAML map),
+            overriding `prune_channels` for the layers it names.
+        channel_criterion: What ranks the channels: `l1` or `l2` norm of the filters,
+            or `bn`, the |scale| of the BatchNorm after them. Defaults to `l1`.
+        channel_teacher: Recover the channel-pruned model by distillation from the
+            unpruned one (`edgecls.distill`). Defaults to False.
+        distill_alpha: Weight of the hard-label loss when distilling, in [0, 1]. Defaults to 0.5.
+        temperature: Distillation temperature (> 0). Defaults to 4.
+        fit: A device profile (name or YAML path): search the share of channels to remove
+            so that the int8 file and the TFLite Micro arena fit it (`edgecls.optimize.fit`).
+        fit_trials: Fitting candidates to train (most MACs first); the validation
+            accuracy chooses among them. Defaults to 2.
+        fit_flash_reserve: Flash bytes kept for the application. Defaults to 65536.
+        fit_ram_reserve: RAM bytes kept for the application's stack and buffers. Defaults to 16384.
     """
 
     prune: float | None = None
@@ -229,8 +245,40 @@ class OptimizeConfig:
     skip_unsupported: bool = False
     limit_per_class: int | None = None
     granularity: Literal["per-channel", "per-tensor"] = "per-channel"
+    prune_channels: float | None = None
+    channel_ratios: dict[str, float] | None = None
+    channel_criterion: Literal["l1", "l2", "bn"] = "l1"
+    channel_teacher: bool = False
+    distill_alpha: float = 0.5
+    temperature: float = 4.0
+    fit: str | None = None
+    fit_trials: int = 2
+    fit_flash_reserve: int = 65536
+    fit_ram_reserve: int = 16384
 
     def __post_init__(self) -> None:
+        if self.fit is not None and (self.prune_channels is not None or self.channel_ratios or self.prune is not None):
+            _fail("optimize.fit", "alone: it chooses the share of channels itself (drop `--prune-channels`/`--prune`)", self.fit)
+        for key in ("fit_trials",):
+            if getattr(self, key) < 1:
+                _fail(f"optimize.{key}", "a positive integer", getattr(self, key))
+        for key in ("fit_flash_reserve", "fit_ram_reserve"):
+            if getattr(self, key) < 0:
+                _fail(f"optimize.{key}", "bytes, 0 or more", getattr(self, key))
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            _fail("optimize.distill_alpha", "in [0, 1]", self.distill_alpha)
+        if not self.temperature > 0.0:
+            _fail("optimize.temperature", "a positive number", self.temperature)
+        if self.prune_channels is not None and not 0.0 <= self.prune_channels < 1.0:
+            _fail("optimize.prune_channels", "a share of channels in [0, 1)", self.prune_channels)
+        ratios = self.channel_ratios
+        if ratios is not None and not (
+            isinstance(ratios, dict)
+            and all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in ratios.items())
+        ):
+            _fail("optimize.channel_ratios", "a map from layer name to a share in [0, 1)", ratios)
+        if (self.prune_channels is not None or ratios) and (self.prune is not None or self.structured):
+            _fail("optimize.prune_channels", "not combined with magnitude pruning (`--prune`)", self.prune_channels)
         if self.structured and self.prune is None:
             object.__setattr__(self, "prune", 0.5)
         if self.prune is not None and not 0.0 < self.prune < 1.0:
@@ -272,6 +320,16 @@ class ExportConfig:
             stages). Defaults to `auto`.
         strip_strings: Drop tensor names and signatures from the TFLite files
             (`flatbuffer_utils.strip_strings`; smaller flash, harder debugging). Defaults to False.
+        inspect: Write the per-layer quantization error of the int8 files
+            (`quant_debug.json`, `.md`, `.png`), as `edgecls inspect` does. Defaults to False.
+        fallback: `auto` keeps the worst int8 layers in float while the int8 drop on
+            the validation split exceeds `max_int8_drop`; `none` never. Defaults to `none`.
+        max_int8_drop: Accuracy points post-training int8 may lose before `auto`
+            falls back, in [0, 100]. Defaults to 1.0.
+        max_float_layers: Layers `auto` may keep in float. Defaults to 3.
+        float_layers: Keras layers to keep in float in the int8 files, by name
+            (a hand-made fallback). Defaults to none.
+        fallback_per_class: Validation images per class that measure the drop. Defaults to 100.
     """
 
     stage: str | None = None
@@ -285,9 +343,20 @@ class ExportConfig:
     check_per_class: int = 50
     granularity: Literal["auto", "per-channel", "per-tensor"] = "auto"
     strip_strings: bool = False
+    inspect: bool = False
+    fallback: Literal["none", "auto"] = "none"
+    max_int8_drop: float = 1.0
+    max_float_layers: int = 3
+    float_layers: tuple[str, ...] = ()
+    fallback_per_class: int = 100
 
     def __post_init__(self) -> None:
         _check_stage("export.stage", self.stage)
+        if not 0.0 <= self.max_int8_drop <= 100.0:
+            _fail("export.max_int8_drop", "in [0, 100] percentage points", self.max_int8_drop)
+        for key in ("max_float_layers", "fallback_per_class"):
+            if getattr(self, key) < 1:
+                _fail(f"export.{key}", "a positive integer", getattr(self, key))
         for key, allowed in (("formats", ("tflite", "onnx")), ("precisions", ("fp32", "fp16", "dynamic", "int8"))):
             values = getattr(self, key)
             bad = [v for v in values if v not in allowed]
@@ -301,7 +370,7 @@ class ExportConfig:
             _fail("export.check_per_class", "a positive integer", self.check_per_class)
 
 
-EXPORT_STAGES = ("finetune", "prune", "qat", "pqat")
+EXPORT_STAGES = ("finetune", "prune", "channels", "qat", "pqat", "cqat")
 PIPELINE_STAGES = ("finetune", "optimize", "export", "firmware", "validate", "bench", "report")
 
 

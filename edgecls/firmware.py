@@ -26,8 +26,9 @@ import numpy as np
 
 from edgecls import __version__
 from edgecls.config import FirmwareConfig
-from edgecls.errors import ConfigError, IntegrityError, RunError, StageError
+from edgecls.errors import ConfigError, IntegrityError, RunError
 from edgecls.escape import c_comment, c_string
+from edgecls.export import STAGE_ORDER
 from edgecls.preprocessing import formula
 from edgecls.records import ExportedFile, exported_files
 from edgecls.run import (
@@ -35,10 +36,10 @@ from edgecls.run import (
     atomic_write_json,
     atomic_write_text,
     check_writable,
-    quiet_native_stderr,
     sha256_file,
     staged_folder,
 )
+from edgecls.runtimes import ALIGN, MAX_ARENA, fits, measure_arena, tflm_interpreter  # noqa: F401 (fits: API)
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data: present in a wheel install too
 C_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -48,8 +49,6 @@ CPP_KEYWORDS = frozenset(
     noexcept not nullptr operator or private protected public register return short signed sizeof static struct
     switch template this throw true try typedef typename union unsigned using virtual void volatile while""".split()  # noqa: SIM905
 )
-MAX_ARENA = 64 << 20
-ALIGN = 16
 # TFLite builtin op -> MicroMutableOpResolver call (the ops edgecls' models can contain).
 TFLM_OPS = {
     "ADD": "AddAdd",
@@ -89,48 +88,6 @@ def model_ops(flatbuffer: bytes) -> list[str]:
     return sorted(used)
 
 
-def _tflm(flatbuffer: bytes, arena: int):
-    from tflite_micro.python.tflite_micro import runtime
-
-    return runtime.Interpreter.from_bytes(flatbuffer, arena_size=arena)
-
-
-def fits(flatbuffer: bytes, arena: int) -> bool:
-    """True if the model allocates and invokes (on a zero input) with `arena` bytes."""
-    with quiet_native_stderr():
-        try:
-            interpreter = _tflm(flatbuffer, arena)
-            detail = interpreter.get_input_details(0)
-            interpreter.set_input(np.zeros(detail["shape"], detail["dtype"]), 0)
-            interpreter.invoke()
-        except RuntimeError:
-            return False
-    return True
-
-
-def measure_arena(flatbuffer: bytes, upper: int = MAX_ARENA) -> int:
-    """Smallest arena (a multiple of 16 bytes) with which the model allocates and invokes.
-
-    Raises:
-        StageError: it does not fit even in `upper` bytes.
-    """
-    high = 16 << 10
-    while not fits(flatbuffer, high):
-        if high >= upper:
-            raise StageError(f"the model does not allocate in TFLM even with a {upper >> 20} MiB arena.")
-        high = min(high * 2, upper)
-    low = 0  # invariant: low fails (or is 0), high fits
-    while high - low > ALIGN:
-        middle = (low + high) // 2 // ALIGN * ALIGN
-        if middle <= low:
-            break
-        if fits(flatbuffer, middle):
-            high = middle
-        else:
-            low = middle
-    return high
-
-
 def analyze(flatbuffer: bytes, floats: np.ndarray, name: str) -> dict[str, Any]:
     """Every native step on the model, meant for a child process (`call_isolated`): a corrupt file may crash them.
 
@@ -154,7 +111,7 @@ def analyze(flatbuffer: bytes, floats: np.ndarray, name: str) -> dict[str, Any]:
 
 def tflm_scores(flatbuffer: bytes, arena: int, images: np.ndarray) -> np.ndarray:
     """Raw (quantized) TFLM outputs for already-quantized input images, one invoke each."""
-    interpreter = _tflm(flatbuffer, arena)
+    interpreter = tflm_interpreter(flatbuffer, arena)
     outputs = []
     for image in images:
         interpreter.set_input(image[None], 0)
@@ -239,7 +196,7 @@ def write_assets(folder: Path, flatbuffer: bytes, info: dict[str, Any], *, names
 
 def _int8_export(run: RunDir, stage: str | None) -> tuple[str, ExportedFile]:
     """The int8 TFLite file of `stage`'s export (default: the most optimized one exported)."""
-    order = [stage] if stage else ["pqat", "qat", "prune", "finetune"]
+    order = [stage] if stage else list(STAGE_ORDER)
     for candidate in order:
         if run.stage(f"export/{candidate}") is None:
             continue
@@ -267,7 +224,26 @@ def check_int8(flatbuffer: bytes, name: str) -> dict[str, Any]:
     unsupported = [op for op in model_ops(flatbuffer) if op not in TFLM_OPS]
     if unsupported:
         raise ConfigError(f"{name} uses ops edgecls cannot register in TFLM: {', '.join(unsupported)}.")
+    float_layers = _float_weighted_ops(interpreter)
+    if float_layers:
+        raise ConfigError(
+            f"{name} keeps {len(float_layers)} layer(s) in float ({', '.join(float_layers[:3])}): not deployable to "
+            "TFLite Micro int8-only targets; export without `--fallback`/`--float-layers`, or quantization-aware train "
+            "(`edgecls optimize RUN --qat`) to keep every layer int8."
+        )
     return {"input": inp, "output": out}
+
+
+def _float_weighted_ops(interpreter) -> list[str]:
+    """Output tensor names of conv / fully-connected ops whose weights are float (an int8 fallback's float layers)."""
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    found = []
+    for op in interpreter._get_ops_details():
+        weighted = op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") and len(op["inputs"]) > 1
+        if weighted and tensors[op["inputs"][1]]["dtype"] == np.float32:
+            found.append(tensors[op["outputs"][0]]["name"].split(";")[0] or f"op {op['index']}")
+    return found
 
 
 def run_firmware(

@@ -50,6 +50,12 @@ class ExportedFile:
     bytes: int
     sha256: str
     path: Path
+    float_layers: list | None = None
+
+    @property
+    def int8_only(self) -> bool:
+        """Whether every layer is int8 (False: `--fallback`/`--float-layers` kept some in float)."""
+        return not self.float_layers
 
     def problem(self) -> str | None:
         """Why the file must not be used: missing, or changed since export (sha256 vs the record); None if intact."""
@@ -215,3 +221,35 @@ def firmware_records(run: RunDir) -> list[FirmwareRecord]:
             budget = {k: device.get(k) for k in budget}
         records.append(_typed(FirmwareRecord, {**(metrics if isinstance(metrics, dict) else {}), **budget}, where))
     return records
+
+
+@dataclass(frozen=True)
+class QuantDebugRecord:
+    """The worst layers of a stage's int8 files (`quant_debug.json`, written by `edgecls inspect`)."""
+
+    stage: str
+    worst: dict[str, tuple[str, ...]]
+    outliers: dict[str, tuple[str, ...]]
+
+
+def quant_debug_record(run: RunDir, stage: str) -> QuantDebugRecord | None:
+    """The per-layer int8 report of `stage`, or None if none was written."""
+    import json
+
+    path = run.inside(f"export/{stage}/quant_debug.json")
+    if not path.is_file():
+        return None
+    where = f"{path}"
+    try:
+        layers = json.loads(path.read_bytes()).get("layers")
+    except (ValueError, AttributeError):
+        raise RunError(f"{where} is not shaped as edgecls writes it.") from None
+    if not isinstance(layers, dict) or not all(isinstance(rows, list) for rows in layers.values()):
+        raise RunError(f"{where} is not shaped as edgecls writes it.")
+    worst, outliers = {}, {}
+    for fmt, rows in layers.items():
+        if not all(isinstance(row, dict) and isinstance(row.get("layer"), str) for row in rows):
+            raise RunError(f"{where} is not shaped as edgecls writes it.")
+        worst[fmt] = tuple(row["layer"] for row in rows)
+        outliers[fmt] = tuple(row["layer"] for row in rows if row.get("outlier") is True)
+    return QuantDebugRecord(stage, worst, outliers)

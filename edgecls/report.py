@@ -31,6 +31,7 @@ from edgecls.records import (
     ValidationRow,
     bench_record,
     firmware_records,
+    quant_debug_record,
     validation_record,
 )  # fmt: skip
 from edgecls.run import FinetuneRecord, RunDir, atomic_write_text, staged_folder
@@ -105,6 +106,16 @@ def plot_per_class(per_class: dict[str, float | None], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _worst_int8_layers(run: RunDir, rows: tuple[ValidationRow, ...]) -> list[list[str]]:
+    """[stage, format, worst three layers] for each stage whose int8 row failed and that has a quant_debug.json."""
+    found = []
+    for stage in sorted({r.stage for r in rows if r.precision == "int8" and r.status != "pass"}):
+        record = quant_debug_record(run, stage)
+        for fmt, layers in (record.worst if record else {}).items():
+            found.append([stage, fmt, ", ".join(layers[:3])])
+    return found
 
 
 def tradeoff_points(validate_rows: tuple[ValidationRow, ...], bench_rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
@@ -307,6 +318,9 @@ def run_report(run_path: str | Path, cfg: ReportConfig | None = None, *, trust: 
                      "" if r.accuracy is None else f"{r.accuracy:.4f}", "" if r.delta_pp is None else f"{r.delta_pp:+.2f}",
                      r.status if r.status == "pass" else f"FAIL: {r.reason}"] for r in validate_rows]  # fmt: skip
             table("Validation (full test split)", header, rows)
+            worst = _worst_int8_layers(run, validate_rows)
+            if worst:
+                table("Worst int8 layers of the failing int8 rows (edgecls inspect)", ["stage", "format", "worst layers"], worst)
         if bench_rows:
             header = ["file", "stage", "runtime", "precision", "threads", "p50 ms", "status"]
             rows = [[r.artifact, r.stage, r.runtime_kind or "", r.precision, r.threads or "",

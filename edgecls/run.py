@@ -170,7 +170,9 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-STAGE_COMMANDS = {"finetune": "finetune", "prune": "optimize", "qat": "optimize", "pqat": "optimize"}
+STAGE_COMMANDS = {
+    "finetune": "finetune", "prune": "optimize", "qat": "optimize", "pqat": "optimize", "channels": "optimize", "cqat": "optimize",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

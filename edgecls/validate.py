@@ -57,6 +57,9 @@ class Gate:
         return None
 
 
+WORST_SHOWN = 3
+
+
 def verify_model_file(path: Path) -> str | None:
     """Cheap structural checks before a runtime touches the file; the reason it is unusable, or None."""
     data = path.read_bytes() if path.exists() else b""
@@ -104,8 +107,33 @@ def _row(artifact: ExportedFile, runtime: str, scores: np.ndarray | None, labels
     }
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """The validation table as Markdown."""
+def worst_int8_layers(run: RunDir, rows: list[dict[str, Any]], *, trust: bool = False) -> dict[str, dict[str, list[str]]]:
+    """For each post-training stage with a failing int8 row: its worst layers per format (inspected if not yet).
+
+    The per-layer report is `edgecls inspect`'s; a stage it cannot inspect is left out, never an error here.
+    """
+    from edgecls.config import ExportConfig
+    from edgecls.errors import EdgeclsError
+    from edgecls.export import QAT_STAGES
+    from edgecls.export.inspect import run_inspect
+    from edgecls.records import quant_debug_record
+
+    failing = sorted({r["stage"] for r in rows if r["precision"] == "int8" and r["status"] != "pass"} - set(QAT_STAGES))
+    worst = {}
+    for stage in failing:
+        try:
+            record = quant_debug_record(run, stage)
+            if record is None:
+                run_inspect(run.path, ExportConfig(stage=stage), trust=trust)
+                record = quant_debug_record(run, stage)
+        except EdgeclsError:
+            continue
+        worst[stage] = {fmt: list(layers[:WORST_SHOWN]) for fmt, layers in record.worst.items()}
+    return worst
+
+
+def markdown(rows: list[dict[str, Any]], worst: dict[str, dict[str, list[str]]] | None = None) -> str:
+    """The validation table as Markdown, then the worst int8 layers of each stage whose int8 row failed."""
     lines = [
         "| artifact | stage | runtime | precision | bytes | images | top-1 | Δ vs Keras (pp) | agreement |"
         " max abs err | mean abs err | status |",
@@ -125,6 +153,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f" | {r['bytes']:,} | {r['images']} "
             f"{numbers}| {status} |"
         )
+    for stage, formats in (worst or {}).items():
+        lines += ["", f"Worst int8 layers of `{escape_markdown(stage)}` (`edgecls inspect`, export/{stage}/quant_debug.md):"]
+        lines += [f"- {fmt}: " + ", ".join(escape_markdown(name) for name in layers) for fmt, layers in formats.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -183,13 +214,15 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
             except WorkerError as exc:
                 reason = str(exc)
             rows.append(_row(artifact, "tflite-micro", micro, test.labels[subset], reference[subset], sub_keras, gate, reason))
+    worst = worst_int8_layers(run, rows, trust=trust)
     result = {"passed": all(r["status"] == "pass" for r in rows), "gate": asdict(gate), "rows": rows}
+    result["worst_int8_layers"] = worst
     keys = ("artifact", "stage", "runtime", "precision", "bytes", "accuracy", "delta_pp", "agreement", "status", "reason")
     summary = [{k: r.get(k) for k in keys} for r in rows]
     inputs = {f"{a.stage}/{a.file}": a.sha256 for a in artifacts}
     try:
         atomic_write_json(run.file("validate.json"), result)
-        atomic_write_text(run.file("validate.md"), markdown(rows))
+        atomic_write_text(run.file("validate.md"), markdown(rows, worst))
         run.record_stage("validate", seed=record.seed, inputs={"artifacts": inputs, "gate": asdict(gate)},
                          outputs=["validate.json", "validate.md"], metrics={"passed": result["passed"], "rows": summary},
                          warnings=[])  # fmt: skip

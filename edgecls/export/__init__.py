@@ -28,9 +28,10 @@ from edgecls.errors import ConfigError, RunError
 from edgecls.records import optimize_record
 from edgecls.run import FinetuneRecord, RunDir, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
-QAT_STAGES = ("qat", "pqat")
-STAGE_ORDER = ("pqat", "qat", "prune", "finetune")
+QAT_STAGES = ("qat", "pqat", "cqat")
+STAGE_ORDER = ("cqat", "pqat", "qat", "channels", "prune", "finetune")
 UNSUPPORTED = {("onnx", "fp16"), ("onnx", "dynamic")}
+FP32_ONNX_SCRATCH = ".fp32-for-int8.onnx"
 
 
 def choose_stage(run: RunDir, requested: str | None) -> str:
@@ -40,6 +41,61 @@ def choose_stage(run: RunDir, requested: str | None) -> str:
         return requested
     run.require_stage("finetune")
     return next(stage for stage in STAGE_ORDER if run.stage(stage) is not None)
+
+
+def choose_exported_stage(run: RunDir, requested: str | None) -> str:
+    """`requested` if it was exported, else the most optimized stage that was."""
+    if requested is not None:
+        run.require_stage(f"export/{requested}")
+        return requested
+    run.require_stage("finetune")
+    exported = [stage for stage in STAGE_ORDER if run.stage(f"export/{stage}") is not None]
+    if not exported:
+        raise RunError(f"run {run.path} has nothing exported: run `edgecls export {run.path} --int8` first.")
+    return exported[0]
+
+
+def validation_sample(record: FinetuneRecord, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `per_class` validation images a class (uint8) and their labels: what the int8 drop is measured on.
+
+    Raises:
+        DataError: the run has no validation split (`data.val_fraction` 0).
+    """
+    from edgecls.data import load_split
+    from edgecls.errors import DataError
+
+    split, _ = load_split(record.data(), record.input_size, record.seed, "val")
+    if len(split) == 0:
+        raise DataError("the int8 fallback measures accuracy on the validation split, and this run has none "
+                        "(data.val_fraction 0); fine-tune with a validation split.")  # fmt: skip
+    chosen = np.concatenate([np.flatnonzero(split.labels == label)[:per_class] for label in np.unique(split.labels)])
+    return split.images[np.sort(chosen)], split.labels[np.sort(chosen)]
+
+
+def int8_context(run: RunDir, stage: str, cfg: ExportConfig, scratch: Path, *, trust: bool = False):
+    """The `Int8Debug` of an exported stage (its own calibration set and granularity), and that granularity."""
+    from edgecls.calibration import load_calibration, read_manifest
+    from edgecls.data.pipeline import preprocess_numpy
+    from edgecls.export import onnx as onnx_export
+    from edgecls.export.inspect import Int8Debug
+
+    record = run.finetune_record()
+    summary = run.require_stage(f"export/{stage}").get("metrics", {})
+    granularity = summary.get("granularity") if isinstance(summary, dict) else None
+    if granularity not in ("per-channel", "per-tensor"):
+        raise RunError(f"the `export/{stage}` entry of {run.manifest_path} is not shaped as edgecls writes it.")
+    manifest_path = run.inside(f"export/{stage}/calibration.json")
+    calibration = load_calibration(read_manifest(manifest_path), input_size=record.input_size)
+    model = run.load_model(stage, trust=trust)[0]
+    fp32 = scratch / "model_fp32.onnx"
+    fp32.write_bytes(onnx_export.convert(model, record.input_size).SerializeToString())
+    images, labels = validation_sample(record, cfg.fallback_per_class)
+    ctx = Int8Debug(
+        model=model, calibration=preprocess_numpy(calibration, record.preprocessing), per_tensor=granularity == "per-tensor",
+        fp32_onnx=fp32, val_images=preprocess_numpy(images, record.preprocessing), val_labels=labels,
+        io=cfg.io, calibration_method=cfg.calibration_method,
+    )  # fmt: skip
+    return ctx, granularity
 
 
 def _float_parent(run: RunDir, stage: str) -> str:
@@ -123,10 +179,9 @@ def _export_one(fmt, precision, model, qat, folder, cfg, representative, calibra
         return name
     proto = onnx_export.convert(model, size)
     if precision == "int8":
-        fp32 = folder / f".{name}.fp32.onnx"
+        fp32 = folder / FP32_ONNX_SCRATCH  # kept for the int8 debugger; removed before the folder is final
         fp32.write_bytes(proto.SerializeToString())
         onnx_export.quantize(fp32, folder / name, calibration, cfg.calibration_method, per_tensor=per_tensor)
-        fp32.unlink()
         import onnx
 
         proto = onnx.load(str(folder / name))
@@ -197,10 +252,17 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, 
     check, class_names = load_split(record.data(test_limit_per_class=cfg.check_per_class), size, record.seed, "test")
     check_images = preprocess_numpy(check.images, mode)
 
+    repair = not qat and bool(cfg.fallback == "auto" or cfg.float_layers or cfg.inspect)
+    if qat and (cfg.fallback == "auto" or cfg.float_layers):
+        raise ConfigError(
+            f"stage `{stage}` is quantization-aware trained: its int8 files keep every layer int8 with learned ranges; "
+            "the float fallback (--fallback, --float-layers) applies to post-training int8 of a float stage."
+        )
     final = run.file(f"export/{stage}")
     with staged_folder(final) as tmp:
         rows = []
         references = {}  # Keras scores on the check set, once per source model
+        debugging = _Int8Repair(cfg, tmp) if repair else None
         for fmt, precision in plan:
             source_stage = stage if (precision == "int8" or not qat) else parent
             model = models[source_stage]
@@ -210,6 +272,9 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, 
                 fmt, precision, model, fake_quant, tmp, cfg, representative, calibration_float, meta, size,
                 per_tensor=granularity == "per-tensor",
             )  # fmt: skip
+            if debugging is not None and precision == "int8":
+                debugging.ctx = debugging.ctx or _int8_debug(record, model, calibration_float, granularity, cfg, tmp)
+                debugging.repair(fmt, tmp / name, meta)
             if source_stage not in references:
                 references[source_stage] = predict_scores(model, check.images, mode=mode, batch_size=128)
             reference = references[source_stage]
@@ -219,6 +284,9 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, 
             row["keras_check_accuracy"] = float(np.mean(reference.argmax(1) == check.labels))
             row.update(_check(tmp, name, fmt, check_images, check.labels, reference))
             rows.append(row)
+        if debugging is not None:
+            debugging.write(stage, granularity, rows)
+        (tmp / FP32_ONNX_SCRATCH).unlink(missing_ok=True)
         atomic_write_text(tmp / "labels.txt", "\n".join(class_names) + "\n")
         if manifest is not None:
             atomic_write_json(tmp / "calibration.json", manifest)
@@ -245,6 +313,65 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, 
         outputs=outputs,
         metrics=summary, warnings=[],
     )  # fmt: skip
+
+
+def _int8_debug(record: FinetuneRecord, model, calibration: np.ndarray, granularity: str, cfg: ExportConfig, folder: Path):
+    from edgecls.data.pipeline import preprocess_numpy
+    from edgecls.export.inspect import Int8Debug
+
+    fixing = cfg.fallback == "auto" or bool(cfg.float_layers)
+    images, labels = validation_sample(record, cfg.fallback_per_class) if fixing else (np.zeros((0,)), np.zeros((0,)))
+    return Int8Debug(
+        model=model, calibration=calibration, per_tensor=granularity == "per-tensor", fp32_onnx=folder / FP32_ONNX_SCRATCH,
+        val_images=preprocess_numpy(images, record.preprocessing) if fixing else images, val_labels=labels,
+        io=cfg.io, calibration_method=cfg.calibration_method,
+    )  # fmt: skip
+
+
+class _Int8Repair:
+    """The `--inspect` / `--fallback` / `--float-layers` part of one export: rankings, fallbacks, the report."""
+
+    def __init__(self, cfg: ExportConfig, folder: Path):
+        self.cfg, self.folder = cfg, folder
+        self.ctx = None
+        self.rankings: dict[str, list] = {}
+        self.fallbacks: dict[str, Any] = {}
+
+    def repair(self, fmt: str, path: Path, meta: dict[str, Any]) -> None:
+        """Rank the layers of the int8 file at `path`; with a fallback, maybe rewrite it (metadata restored)."""
+        from edgecls.export import onnx as onnx_export
+        from edgecls.export import tflite
+        from edgecls.export.inspect import fall_back
+
+        self.rankings[fmt] = self.ctx.ranking(fmt, path)
+        if not (self.cfg.fallback == "auto" or self.cfg.float_layers):
+            return
+        self.fallbacks[fmt] = fallback = fall_back(self.ctx, fmt, path, self.cfg, self.rankings[fmt])
+        if not fallback.float_layers:
+            return
+        meta = {**meta, "float_layers": list(fallback.float_layers)}
+        if fmt == "tflite":
+            flatbuffer = path.read_bytes()
+            if self.cfg.strip_strings:
+                flatbuffer = tflite.strip_strings(flatbuffer)
+            path.write_bytes(tflite.add_metadata(flatbuffer, meta))
+        else:
+            import onnx
+
+            path.write_bytes(onnx_export.add_metadata(onnx.load(str(path)), meta).SerializeToString())
+
+    def write(self, stage: str, granularity: str, rows: list[dict[str, Any]]) -> None:
+        """Add each int8 row's fallback, and write quant_debug.* beside the files."""
+        from edgecls.export.inspect import report_dict, write_report
+
+        for row in rows:
+            fallback = self.fallbacks.get(row["format"]) if row["precision"] == "int8" else None
+            if fallback is not None:
+                row["float_layers"] = list(fallback.float_layers)
+                row["fallback"] = fallback.as_dict()
+        report = report_dict(stage, granularity, len(self.ctx.calibration), self.rankings)
+        report["fallback"] = {fmt: fallback.as_dict() for fmt, fallback in self.fallbacks.items()}
+        write_report(self.folder, report)
 
 
 def _plain(cfg: ExportConfig) -> dict[str, Any]:

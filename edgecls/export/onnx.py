@@ -75,8 +75,19 @@ class _Reader:
         raise NotImplementedError
 
 
-def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, method: str = "minmax", *, per_tensor: bool = False) -> None:
-    """Static int8 QDQ quantization of an fp32 ONNX file, calibrated on `images` (per-channel weights by default)."""
+def quantize(
+    fp32_path: Path,
+    out_path: Path,
+    images: np.ndarray,
+    method: str = "minmax",
+    *,
+    per_tensor: bool = False,
+    nodes_to_exclude: list[str] | None = None,
+) -> None:
+    """Static int8 QDQ quantization of an fp32 ONNX file, calibrated on `images` (per-channel weights by default).
+
+    `nodes_to_exclude` (node names) stay in float: the accuracy-aware fallback.
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -98,6 +109,7 @@ def quantize(fp32_path: Path, out_path: Path, images: np.ndarray, method: str = 
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=calibrate,
+                nodes_to_exclude=nodes_to_exclude or [],
             )
         except Exception as exc:
             raise ConversionError(f"onnxruntime quantize_static failed: {str(exc).splitlines()[0][:200]}.") from None

@@ -31,7 +31,7 @@ from edgecls.config import EdgeConfig, OptimizeConfig
 from edgecls.errors import ConfigError, RunError
 from edgecls.run import RunDir, atomic_write_json
 
-STAGE_DIRS = {"prune": "prune", "qat": "qat", "pqat": "pqat"}
+STAGE_DIRS = {"prune": "prune", "qat": "qat", "pqat": "pqat", "channels": "channels", "cqat": "cqat"}
 MODEL_FILE = "model.h5"
 
 
@@ -206,12 +206,19 @@ def _stage_dir(run: RunDir, stage: str, force: bool) -> Path:
     import shutil
 
     if run.stage(stage) is not None and not force:
-        what = "QAT asked for twice" if stage in ("qat", "pqat") else "already pruned"
+        what = "QAT asked for twice" if stage in ("qat", "pqat", "cqat") else "already pruned"
         raise RunError(f"run {run.path} already has a finished `{stage}` stage ({what}); pass `--force` to redo it.")
     folder = run.inside(STAGE_DIRS[stage])
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
+
+
+def train_batchnorm(model) -> None:
+    """Let every BatchNormalization layer re-estimate its statistics (a channel-pruned model's inputs changed)."""
+    for layer in model.layers:
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            layer.trainable = True
 
 
 def freeze_batchnorm(model) -> None:
@@ -228,15 +235,27 @@ def freeze_batchnorm(model) -> None:
             layer.trainable = False
 
 
-def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=()) -> None:
-    """Fine-tune `model` for `epochs` at a cosine-decayed `lr` with the run's loss and augmentation."""
+def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), teacher=None) -> None:
+    """Fine-tune `model` for `epochs` at a cosine-decayed `lr` with the run's loss and augmentation.
+
+    With a `teacher`, the loss is `edgecls.distill`'s mix of labels and the teacher's tempered outputs.
+    """
     from edgecls.data.pipeline import train_dataset
     from edgecls.models import get_spec
-    from edgecls.train import compile_model
+    from edgecls.train import compile_model, make_optimizer
 
     batch = cfg.data.batch_size
     steps = epochs * -(-len(data.train) // batch)
-    compile_model(model, cfg.train, tf_keras.optimizers.schedules.CosineDecay(lr, steps))
+    schedule = tf_keras.optimizers.schedules.CosineDecay(lr, steps)
+    if teacher is not None:
+        from edgecls.distill import Distiller
+
+        opt = cfg.optimize
+        model = Distiller(model, teacher, alpha=opt.distill_alpha, temperature=opt.temperature,
+                          label_smoothing=cfg.train.label_smoothing)  # fmt: skip
+        model.compile(optimizer=make_optimizer(cfg.train, schedule))
+    else:
+        compile_model(model, cfg.train, schedule)
     dataset = train_dataset(
         data.train.images,
         data.train.labels,
@@ -275,12 +294,117 @@ def _finish(run: RunDir, stage: str, model, cfg: EdgeConfig, data, extra: dict[s
     )
 
 
+def prunes_channels(opt: OptimizeConfig) -> bool:
+    return opt.prune_channels is not None or bool(opt.channel_ratios)
+
+
+def _evaluate(model, cfg: EdgeConfig, split) -> float:
+    from edgecls.metrics import predict_scores
+    from edgecls.models import get_spec
+
+    scores = predict_scores(model, split.images, mode=get_spec(cfg.model.name).preprocessing, batch_size=128)
+    return float(np.mean(scores.argmax(1) == split.labels))
+
+
+def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, callbacks) -> tuple[Any, dict[str, Any]]:
+    """`--fit PROFILE`: measure every candidate, train the best fitting ones, keep the most accurate on validation.
+
+    Returns:
+        (model, channels-stage extra); at 0 % removed the model is the fine-tuned one, which fits as is.
+
+    Raises:
+        StageError: no candidate fits (before any training).
+    """
+    from edgecls.devices import load_profile
+    from edgecls.errors import StageError
+    from edgecls.models.stats import model_stats
+    from edgecls.optimize import fit
+    from edgecls.optimize.channels import prune_channels
+
+    opt = cfg.optimize
+    budget = fit.Budget.of(load_profile(opt.fit), flash_reserve=opt.fit_flash_reserve, ram_reserve=opt.fit_ram_reserve,
+                           arena_margin=cfg.firmware.arena_margin)  # fmt: skip
+    smallest = fit.measure(model, fit.RATIOS[-1], opt.channel_criterion, budget)  # if this does not fit, nothing does
+    if not smallest.fits:
+        raise StageError(
+            f"no model fits `{budget.profile}`: even with {smallest.ratio:.0%} of the channels removed, {smallest.why_not}; "
+            "choose a smaller input size or alpha, or a larger device."
+        )
+    candidates = [fit.measure(model, ratio, opt.channel_criterion, budget) for ratio in fit.RATIOS[:-1]] + [smallest]
+    if data.val is None or len(data.val) == 0:
+        raise StageError("`--fit` chooses by validation accuracy, and this run has no validation split (data.val_fraction 0).")
+    best = None
+    for candidate in fit.to_train(candidates, opt.fit_trials):
+        thin = model
+        if candidate.ratio > 0:
+            thin = prune_channels(model, candidate.ratio, opt.channel_criterion)[0]
+            train_batchnorm(thin)
+            teacher = model if opt.channel_teacher else None
+            _fit(thin, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=callbacks, teacher=teacher)
+        candidate.trained, candidate.val_accuracy = True, _evaluate(thin, cfg, data.val)
+        if best is None or candidate.val_accuracy > best[0].val_accuracy:
+            best = (candidate, thin)
+    chosen, thin = best
+    chosen.chosen = True
+    folder = run.inside(f"fit/{budget.profile}")
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "fit.json", fit.as_dict(candidates, budget))
+    (folder / "fit.md").write_text(fit.table(candidates, budget))
+    run.record_stage(f"fit/{budget.profile}", seed=cfg.run.seed, inputs={"profile": opt.fit},
+                     outputs=[f"fit/{budget.profile}/fit.json", f"fit/{budget.profile}/fit.md"],
+                     metrics=fit.as_dict(candidates, budget), warnings=[])  # fmt: skip
+    _stage_dir(run, "channels", force)  # at 0 % it holds the fine-tuned model as is: it already fits
+    before, after = model_stats(model), model_stats(thin)
+    extra = {
+        "parent": "finetune", "prune_channels": chosen.ratio, "criterion": opt.channel_criterion,
+        "teacher": "finetune" if opt.channel_teacher else None, "fit": budget.profile,
+        "widths": {g: [int(model.get_layer(g).filters), int(thin.get_layer(g).filters)] for g in _producers(model)},
+        "macs": after["macs"], "macs_before": before["macs"], "params": after["params"], "params_before": before["params"],
+    }  # fmt: skip
+    return thin, extra
+
+
+def _producers(model) -> list[str]:
+    from edgecls.optimize.channels import channel_groups
+
+    return [group.producer for group in channel_groups(model)]
+
+
 def planned_stages(opt: OptimizeConfig) -> list[str]:
-    """The stages `opt` writes, in order: `prune`, then `qat` or `pqat`."""
-    stages = ["prune"] if opt.prune is not None else []
+    """The stages `opt` writes, in order: `prune` or `channels`, then `qat`, `pqat` or `cqat`."""
+    first = "prune" if opt.prune is not None else "channels" if prunes_channels(opt) or opt.fit else None
+    stages = [first] if first else []
     if opt.qat:
-        stages.append("pqat" if opt.prune is not None else "qat")
+        stages.append({"prune": "pqat", "channels": "cqat", None: "qat"}[first])
     return stages
+
+
+def _prune_channels(run: RunDir, model, cfg: EdgeConfig, data, force: bool, callbacks) -> tuple[Any, dict[str, Any]]:
+    """Stage `channels`: remove channels (`optimize.channels`), fine-tune to recover, record widths and MACs."""
+    from edgecls.models.stats import model_stats
+    from edgecls.optimize.channels import channel_groups, prune_channels
+
+    opt = cfg.optimize
+    _stage_dir(run, "channels", force)
+    default = opt.prune_channels or 0.0
+    ratios = {group.producer: default for group in channel_groups(model)} | dict(opt.channel_ratios or {})
+    thin, widths = prune_channels(model, ratios, opt.channel_criterion)
+    train_batchnorm(thin)  # each consumer now sees fewer input channels: its BatchNorm statistics must follow
+    before, after = model_stats(model), model_stats(thin)
+    teacher = model if opt.channel_teacher else None
+    _fit(thin, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=callbacks, teacher=teacher)
+    extra = {
+        "parent": "finetune",
+        "prune_channels": opt.prune_channels,
+        "criterion": opt.channel_criterion,
+        "teacher": "finetune" if opt.channel_teacher else None,
+        "widths": widths,
+        "macs": after["macs"],
+        "macs_before": before["macs"],
+        "params": after["params"],
+        "params_before": before["params"],
+    }
+    return thin, extra
 
 
 def run_optimize(
@@ -311,8 +435,8 @@ def run_optimize(
     from edgecls.config import load_config
     from edgecls.data import load_dataset
 
-    if opt.prune is None and not opt.qat:
-        raise ConfigError("nothing to do: pass `--prune SPARSITY` and/or `--qat`.")
+    if opt.prune is None and not opt.qat and not prunes_channels(opt) and not opt.fit:
+        raise ConfigError("nothing to do: pass `--prune SPARSITY`, `--prune-channels SHARE`, `--fit PROFILE` and/or `--qat`.")
     run = RunDir(run_path)
     run.finetune_record()  # a run whose finetune entry is not edgecls' is refused before any work
     model, entry = run.load_model("finetune", trust=trust)
@@ -351,10 +475,19 @@ def run_optimize(
         entries.append(_finish(run, "prune", parent, cfg, data, extra, data.warnings))
         parent_name = "prune"
 
+    if prunes_channels(opt) or opt.fit:
+        if opt.fit:
+            parent, extra = _fit_to_profile(run, model, cfg, data, force, callbacks)
+        else:
+            parent, extra = _prune_channels(run, model, cfg, data, force, callbacks)
+        entries.append(_finish(run, "channels", parent, cfg, data, extra, data.warnings))
+        parent_name = "channels"
+
     if opt.qat:
-        stage = "pqat" if opt.prune is not None else "qat"
+        stage = {"prune": "pqat", "channels": "cqat", "finetune": "qat"}[parent_name]
         _stage_dir(run, stage, force)
         per_tensor = opt.granularity == "per-tensor"
+        freeze_batchnorm(parent)  # a channel-pruned model recovered with BatchNorm training
         qat = apply_qat(parent, preserve_sparsity=stage == "pqat", per_tensor=per_tensor, skip_unsupported=opt.skip_unsupported)
         _fit(qat, cfg, data, epochs=opt.epochs, lr=opt.qat_lr, callbacks=callbacks)
         sparsity = kernel_sparsity(qat, opt.prune_layers)

@@ -226,3 +226,68 @@ def test_per_tensor_pqat_keeps_zeros(run_copy, capsys):
     assert entry["metrics"]["sparsity_preserved"] is True
     sparsity, dtypes = int8_weight_sparsity(int8_tflite(model))
     assert sparsity == pytest.approx(0.5, abs=0.02) and dtypes == {np.int8}
+
+
+def test_channel_pruned_stage_goes_through_qat_export_and_firmware(run_copy, capsys):
+    """`--prune-channels 0.5 --qat` writes `channels` then `cqat`; both export, and the int8 file builds firmware."""
+    args = ["optimize", run_copy, "--prune-channels", "0.5", "--qat", "--epochs", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, out + err
+    run = RunDir(run_copy)
+    channels, cqat = run.stage("channels"), run.stage("cqat")
+    assert cqat["inputs"]["parent"] == "channels"
+    assert cqat["inputs"]["parent_sha256"] == run.model_sha256("channels")
+    widths = json.loads((run_copy / "channels/metrics.json").read_text())["widths"]
+    assert widths["conv_pw_13"] == [256, 128] and widths["conv1"] == [8, 4]
+    assert channels["metrics"]["macs"] < 0.35 * channels["metrics"]["macs_before"]
+    model = run.load_model("cqat")[0]
+    assert model.count_params() < 0.4 * run.load_model("finetune")[0].count_params()
+
+    for stage in ("channels", "cqat"):
+        code, out, err = run_cli(["export", run_copy, "--int8", "--stage", stage, "--set", "export.calibration_samples=12"], capsys)
+        assert code == 0, out + err
+    rows = {r["file"]: r for r in json.loads((run_copy / "export/cqat/export.json").read_text())["artifacts"]}
+    assert rows["model_int8.tflite"]["check_agreement"] >= 0.8 and rows["model_int8.tflite"]["weight_dtypes"] == ["int8"]
+    full = len((run_copy / "export/channels/model_fp32.tflite").read_bytes())
+    code, out, err = run_cli(["firmware", run_copy], capsys)  # the most optimized export: cqat
+    assert code == 0, out + err
+    assert (run_copy / "firmware/cqat").is_dir() and full > rows["model_int8.tflite"]["bytes"]
+
+
+def test_fit_rejects_an_impossible_budget_before_training(run_copy, tmp_path, capsys):
+    from conftest import assert_one_error, snapshot
+
+    profile = tmp_path / "tiny-mcu.yaml"
+    profile.write_text("name: tiny-mcu\nkind: mcu\nflash_bytes: 20000\nram_bytes: 8192\n")
+    before = snapshot(run_copy)
+    code, out, err = run_cli(["optimize", run_copy, "--fit", profile, "--epochs", "1"], capsys)
+    assert_one_error(code, err, 1, "no model fits `tiny-mcu`: even with 70% of the channels removed")
+    assert snapshot(run_copy) == before
+
+
+def test_fit_chooses_a_fitting_share_by_validation_accuracy(run_copy, tmp_path, capsys):
+    """A flash budget of 60 % of the unpruned int8 file: 0-20 % removed cannot fit, 30 % and more can."""
+    from edgecls.optimize import fit
+
+    model = RunDir(run_copy).load_model("finetune")[0]
+    full = len(fit.throwaway_int8(model))
+    flash = int(0.6 * full) + fit.METADATA_ALLOWANCE
+    profile = tmp_path / "small-mcu.yaml"
+    profile.write_text(f"name: small-mcu\nkind: mcu\nflash_bytes: {flash}\nram_bytes: 1048576\n")
+    args = ["optimize", run_copy, "--fit", profile, "--epochs", "1", "--set", "optimize.fit_flash_reserve=0"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, out + err
+    report = json.loads((run_copy / "fit/small-mcu/fit.json").read_text())
+    candidates = {c["ratio"]: c for c in report["candidates"]}
+    assert len(candidates) == 8
+    assert [r for r, c in candidates.items() if c["fits"]] == [0.3, 0.4, 0.5, 0.6, 0.7]
+    assert all("of flash" in c["why_not"] for c in candidates.values() if not c["fits"])
+    trained = [r for r, c in candidates.items() if c["trained"]]
+    assert trained == [0.3, 0.4]  # the two fitting candidates with the most MACs
+    (chosen,) = [r for r, c in candidates.items() if c["chosen"]]
+    assert candidates[chosen]["val_accuracy"] == max(candidates[r]["val_accuracy"] for r in trained)
+    channels = RunDir(run_copy).stage("channels")
+    assert channels["metrics"]["prune_channels"] == chosen
+    code, out, err = run_cli(["export", run_copy, "--int8", "--format", "tflite", "--set", "export.calibration_samples=12"], capsys)
+    assert code == 0, out + err
+    assert (run_copy / "export/channels/model_int8.tflite").stat().st_size <= flash

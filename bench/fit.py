@@ -1,0 +1,108 @@
+"""`edgecls optimize --fit PROFILE` on the default model for the shipped MCU profiles (issue 12).
+
+Each profile gets a copy of the default job's run; `--fit` measures every candidate share of removed
+channels (int8 bytes, TFLite Micro arena), trains the two fitting ones with the most MACs, keeps the
+best on validation, then the result is exported (post-training int8), validated on all 10,000 test
+images, and built into firmware, whose arena is checked against the same profile.
+
+Usage:
+    python bench/fit.py SOURCE_RUN [--only PROFILE ...] [--work bench-runs/fit]
+    python bench/fit.py --write [--work ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, git_sha, machine, today, write_section
+
+EDGECLS = str(Path(sys.executable).with_name("edgecls"))
+PROFILES = ("cortex-m4-stm32f446", "cortex-m4-nrf52840", "cortex-m7-stm32h747")
+
+
+def commands(run: Path, profile: str) -> list[list[str]]:
+    return [
+        ["edgecls", "optimize", str(run), "--fit", profile],
+        ["edgecls", "export", str(run), "--int8", "--format", "tflite"],
+        ["edgecls", "validate", str(run), "--tflm-images", "0", "--max-int8-drop", "100"],
+        ["edgecls", "firmware", str(run), "--device", profile],
+    ]
+
+
+def run_profile(source: Path, work: Path, profile: str) -> None:
+    run = work / profile
+    if (run / "firmware").is_dir():
+        return
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(source, run, ignore=shutil.ignore_patterns("export", "validate.*", "firmware", "bench*", "report"))
+    timings = {}
+    for command in commands(run, profile):
+        print("$", shlex.join(command), flush=True)
+        start = time.perf_counter()
+        subprocess.run([EDGECLS, *command[1:]], cwd=ROOT, check=True)
+        timings[command[1]] = time.perf_counter() - start
+    (run / "bench-timings.json").write_text(json.dumps(timings))
+
+
+def write_doc(work: Path) -> None:
+    lines = [
+        "## `--fit PROFILE` on the default model (issue 12)",
+        "",
+        f"- Measured {today()} at edgecls {git_sha()} on {machine()}.",
+        "- Source: the default job's run (`bench-runs/default-job`, MobileNet v1 0.25 @128 px, 0.8885 float, 0.8845 int8); "
+        "data: the full JPEG CIFAR-10 of ../shared; accuracies on all 10,000 test images. Budgets: the profile's flash "
+        "minus 64 KiB for the application, its RAM minus 16 KiB, the arena with the firmware's 10 % margin.",
+        "- Reproduce: `python bench/fit.py bench-runs/default-job` then `python bench/fit.py --write`.",
+        "",
+        "| profile | flash / RAM | channels removed | float acc | int8 TFLite acc | int8 bytes | arena (+margin) | "
+        "candidates fitting | optimize time |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for profile in PROFILES:
+        run = work / profile
+        if not (run / "firmware").is_dir():
+            continue
+        report = json.loads((run / f"fit/{profile}/fit.json").read_text())
+        budget, candidates = report["budget"], report["candidates"]
+        chosen = next(c for c in candidates if c["chosen"])
+        validate = json.loads((run / "validate.json").read_text())["rows"]
+        int8 = next(r for r in validate if r["artifact"] == "model_int8.tflite" and r["runtime"] == "litert")
+        fp32 = next(r for r in validate if r["artifact"] == "model_fp32.tflite")
+        firmware = json.loads(next((run / "firmware").glob("*/firmware.json")).read_text())
+        timings = json.loads((run / "bench-timings.json").read_text())
+        fitting = ", ".join(f"{c['ratio']:.0%}" for c in candidates if c["fits"])
+        lines.append(
+            f"| {profile} | {budget['flash_bytes'] // 1024} KiB / {budget['ram_bytes'] // 1024} KiB | {chosen['ratio']:.0%} "
+            f"| {fp32['accuracy']:.4f} | {int8['accuracy']:.4f} | {int8['bytes']:,} | {firmware['arena_bytes_measured']:,} "
+            f"({firmware['arena_bytes']:,}) | {fitting} | {timings['optimize'] / 60:.1f} min |"
+        )
+    lines += ["", "Each profile's search table is `RUN/fit/PROFILE/fit.md`. Commands (RUN = a copy of the source run):", ""]
+    for profile in PROFILES:
+        lines.append(f"- {profile}: " + "; ".join(f"`{shlex.join(c)}`" for c in commands(Path("RUN"), profile)))
+    write_section("fit-profile", "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", nargs="?", type=Path)
+    parser.add_argument("--only", nargs="*", default=list(PROFILES))
+    parser.add_argument("--work", type=Path, default=ROOT / "bench-runs" / "fit")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.write:
+        write_doc(args.work)
+        return
+    for profile in args.only:
+        run_profile(args.source.resolve(), args.work, profile)
+
+
+if __name__ == "__main__":
+    main()

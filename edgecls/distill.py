@@ -1,0 +1,88 @@
+"""Knowledge distillation (Hinton et al. 2015) in the Keras pattern: a model whose train step mixes two losses.
+
+`Distiller` wraps a student and a frozen teacher; each step computes
+
+    alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+on the same augmented batch (Keras' "Knowledge Distillation" example, with the T^2 factor that keeps
+the soft-target gradients on the hard-target scale). edgecls heads end in a softmax, so the logits
+are recovered as log-probabilities, which differ from the pre-softmax logits by a per-image constant
+that the tempered softmax cancels. Only the student is trained and saved: a plain model that
+optimize, export and firmware take unchanged.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+import tf_keras
+
+EPSILON = 1e-7
+
+
+def tempered_log_softmax(probabilities: tf.Tensor, temperature: float) -> tf.Tensor:
+    """log softmax(log(p) / T): a softmax head's output at temperature T."""
+    logits = tf.math.log(tf.clip_by_value(probabilities, EPSILON, 1.0))
+    return tf.nn.log_softmax(logits / temperature, axis=-1)
+
+
+def distillation_loss(
+    labels: tf.Tensor, student: tf.Tensor, teacher: tf.Tensor, *, alpha: float, temperature: float, label_smoothing: float = 0.0
+) -> tf.Tensor:
+    """The mean over the batch of the hard-label and soft-target mix (probabilities in, one-hot labels).
+
+    Args:
+        labels: One-hot labels [batch, classes].
+        student: The student's softmax output.
+        teacher: The teacher's softmax output.
+        alpha: Weight of the hard-label cross-entropy; 1 - alpha weighs the distillation term.
+        temperature: Softens both distributions (T > 1 shows the teacher's dark knowledge).
+        label_smoothing: Of the hard-label term, as in plain fine-tuning.
+    """
+    hard = tf_keras.losses.categorical_crossentropy(labels, student, label_smoothing=label_smoothing)
+    soft_teacher = tempered_log_softmax(teacher, temperature)
+    soft_student = tempered_log_softmax(student, temperature)
+    kl = tf.reduce_sum(tf.exp(soft_teacher) * (soft_teacher - soft_student), axis=-1)
+    return tf.reduce_mean(alpha * hard + (1.0 - alpha) * temperature**2 * kl)
+
+
+class Distiller(tf_keras.Model):
+    """Trains `student` toward labels and `teacher`'s tempered outputs; evaluation is the student's alone."""
+
+    def __init__(self, student, teacher, *, alpha: float = 0.5, temperature: float = 4.0, label_smoothing: float = 0.0):
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.teacher.trainable = False
+        self.alpha, self.temperature, self.label_smoothing = alpha, temperature, label_smoothing
+        self.loss_tracker = tf_keras.metrics.Mean(name="loss")
+        self.accuracy = tf_keras.metrics.CategoricalAccuracy(name="accuracy")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.accuracy]
+
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    def _loss(self, labels, student, teacher):
+        return distillation_loss(
+            labels, student, teacher, alpha=self.alpha, temperature=self.temperature, label_smoothing=self.label_smoothing
+        )
+
+    def train_step(self, data):
+        images, labels = data
+        teacher = self.teacher(images, training=False)
+        with tf.GradientTape() as tape:
+            student = self.student(images, training=True)
+            loss = self._loss(labels, student, teacher) + tf.add_n(self.student.losses or [tf.constant(0.0)])
+        variables = self.student.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        self.loss_tracker.update_state(loss)
+        self.accuracy.update_state(labels, student)
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        images, labels = data
+        student = self.student(images, training=False)
+        self.loss_tracker.update_state(self._loss(labels, student, self.teacher(images, training=False)))
+        self.accuracy.update_state(labels, student)
+        return {m.name: m.result() for m in self.metrics}

@@ -1,0 +1,140 @@
+"""`--fit PROFILE`: the most accurate channel-pruned model whose int8 file and TFLite Micro arena fit a device.
+
+The search measures instead of estimating: every candidate share of removed channels is
+cut from the fine-tuned model (untrained), converted to int8 by `TFLiteConverter` (a
+throwaway conversion on random inputs: sizes and the arena do not depend on the
+calibration values), and its arena measured by the TFLite Micro interpreter in a child
+process. Candidates whose file exceeds the flash budget, or whose arena with the firmware
+margin exceeds the RAM budget, are rejected before any training. The fitting candidates
+with the most compute (MACs, the proxy for accuracy before training) are trained, and
+the validation accuracy chooses among them; the test split is only reported.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgecls.devices import DeviceProfile
+from edgecls.escape import escape_markdown
+
+RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+ALIGN = 16
+METADATA_ALLOWANCE = 4096  # bytes the export adds to the file (labels, normalization) beyond the bare conversion
+
+
+@dataclass
+class Candidate:
+    """One point of the search: a share of removed channels and what it measured."""
+
+    ratio: float
+    macs: int
+    params: int
+    int8_bytes: int
+    arena_bytes: int
+    arena_with_margin: int
+    fits: bool
+    why_not: str = ""
+    trained: bool = False
+    val_accuracy: float | None = None
+    chosen: bool = False
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the model may use of a device: flash and RAM minus what the application keeps."""
+
+    profile: str
+    flash_bytes: int
+    ram_bytes: int
+    flash_reserve: int
+    ram_reserve: int
+    arena_margin: float
+
+    @classmethod
+    def of(cls, profile: DeviceProfile, *, flash_reserve: int, ram_reserve: int, arena_margin: float) -> Budget:
+        if profile.kind != "mcu":
+            from edgecls.errors import ConfigError
+
+            raise ConfigError(f"`--fit` needs an MCU profile (flash and RAM budgets); `{profile.name}` is {profile.kind}.")
+        return cls(profile.name, int(profile.flash_bytes), int(profile.ram_bytes), flash_reserve, ram_reserve, arena_margin)
+
+    @property
+    def model_flash(self) -> int:
+        return self.flash_bytes - self.flash_reserve
+
+    @property
+    def arena_ram(self) -> int:
+        return self.ram_bytes - self.ram_reserve
+
+    def judge(self, int8_bytes: int, arena: int) -> tuple[int, str]:
+        """(arena with margin, why it does not fit or '')."""
+        with_margin = math.ceil(arena * (1 + self.arena_margin) / ALIGN) * ALIGN
+        reasons = []
+        if int8_bytes + METADATA_ALLOWANCE > self.model_flash:
+            reasons.append(f"int8 file {int8_bytes:,} B (+{METADATA_ALLOWANCE:,} B metadata) > {self.model_flash:,} B of flash")
+        if with_margin > self.arena_ram:
+            reasons.append(f"arena {with_margin:,} B (with margin) > {self.arena_ram:,} B of RAM")
+        return with_margin, "; ".join(reasons)
+
+
+def throwaway_int8(model) -> bytes:
+    """An int8 TFLite conversion on random inputs: right sizes and arena, meaningless accuracy."""
+    from edgecls.export.tflite import convert
+
+    shape = [1, *model.input_shape[1:]]
+    rng = np.random.default_rng(0)
+
+    def representative():
+        for _ in range(4):
+            yield [rng.uniform(-1, 1, shape).astype(np.float32)]
+
+    return convert(model, "int8", representative=representative)
+
+
+def measure(model, ratio: float, criterion: str, budget: Budget) -> Candidate:
+    """Cut `ratio` of the channels from `model` and measure the untrained result against `budget`."""
+    from edgecls.models.stats import model_stats
+    from edgecls.optimize.channels import prune_channels
+    from edgecls.runtimes import measure_arena_isolated
+
+    thin = prune_channels(model, ratio, criterion)[0] if ratio > 0 else model
+    flatbuffer = throwaway_int8(thin)
+    arena = measure_arena_isolated(flatbuffer)
+    stats = model_stats(thin)
+    with_margin, why_not = budget.judge(len(flatbuffer), arena)
+    return Candidate(ratio, stats["macs"], stats["params"], len(flatbuffer), arena, with_margin, not why_not, why_not)
+
+
+def to_train(candidates: list[Candidate], trials: int) -> list[Candidate]:
+    """The fitting candidates with the most MACs, at most `trials` of them."""
+    fitting = sorted((c for c in candidates if c.fits), key=lambda c: -c.macs)
+    return fitting[:trials]
+
+
+def table(candidates: list[Candidate], budget: Budget) -> str:
+    """fit.md: the budget, then every candidate."""
+    lines = [
+        f"# Fit to `{escape_markdown(budget.profile)}`",
+        "",
+        f"Model flash: {budget.flash_bytes:,} B minus {budget.flash_reserve:,} B for the application = {budget.model_flash:,} B. "
+        f"Arena RAM: {budget.ram_bytes:,} B minus {budget.ram_reserve:,} B reserve = {budget.arena_ram:,} B; "
+        f"arena margin {budget.arena_margin:.0%}.",
+        "",
+        "| channels removed | MACs | params | int8 bytes | arena (measured) | arena + margin | fits | val accuracy | chosen |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---|",
+    ]
+    for c in candidates:
+        fits = "yes" if c.fits else f"no: {c.why_not}"
+        accuracy = "" if c.val_accuracy is None else f"{c.val_accuracy:.4f}"
+        lines.append(
+            f"| {c.ratio:.0%} | {c.macs:,} | {c.params:,} | {c.int8_bytes:,} | {c.arena_bytes:,} | {c.arena_with_margin:,} "
+            f"| {fits} | {accuracy} | {'yes' if c.chosen else ''} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def as_dict(candidates: list[Candidate], budget: Budget) -> dict:
+    return {"budget": asdict(budget), "candidates": [asdict(c) for c in candidates]}
