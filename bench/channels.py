@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from common import ROOT, git_sha, machine, today, write_section
+from common import ROOT, copy_run, git_sha, machine, run_edgecls, today, write_section
 
 EDGECLS = str(Path(sys.executable).with_name("edgecls"))
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -33,6 +30,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "30 %, L1, recovered by distillation from the unpruned model",
         ["--prune-channels", "0.3", "--channel-criterion", "l1", "--set", "optimize.channel_teacher=true"],
     ),
+    "mag50": ("magnitude pruning to 50 % sparsity (TFMOT), for comparison", ["--prune", "0.5"]),
 }
 
 
@@ -53,31 +51,25 @@ def run_variant(source: Path, work: Path, name: str) -> None:
     run = work / name
     if (run / "firmware").is_dir():
         return
-    shutil.rmtree(run, ignore_errors=True)
-    shutil.copytree(source, run, ignore=shutil.ignore_patterns("export", "validate.*", "firmware", "bench*", "report"))
-    timings = {}
-    for command in commands(run, VARIANTS[name][1]):
-        print("$", shlex.join(command), flush=True)
-        start = time.perf_counter()
-        subprocess.run([EDGECLS, *command[1:]], cwd=ROOT, check=True)
-        timings[command[1]] = time.perf_counter() - start
+    copy_run(source, run)
+    timings = run_edgecls(commands(run, VARIANTS[name][1]))
     (run / "bench-timings.json").write_text(json.dumps(timings))
 
 
 def collect(run: Path) -> dict:
     manifest = json.loads((run / "manifest.json").read_text())["stages"]
-    stage = "channels" if "channels" in manifest else "finetune"
+    stage = next((s for s in ("channels", "prune") if s in manifest), "finetune")
     validate = json.loads((run / "validate.json").read_text())["rows"]
-    bench = json.loads((run / "bench.json").read_text())
+    bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {"rows": []}
     firmware = json.loads(next((run / "firmware").glob("*/firmware.json")).read_text())
     int8 = next(r for r in validate if r["artifact"] == "model_int8.tflite" and r["runtime"] == "litert")
     fp32 = next(r for r in validate if r["artifact"] == "model_fp32.tflite")
     rows = bench["rows"] if isinstance(bench, dict) else bench
-    latency = next(r for r in rows if r.get("artifact") == "model_int8.tflite" and r.get("status") == "pass")
+    latency = next((r for r in rows if r.get("artifact") == "model_int8.tflite" and r.get("p50_ms")), {"p50_ms": None})
     metrics = manifest[stage]["metrics"] if stage == "channels" else {}
     timings = json.loads((run / "bench-timings.json").read_text())
     return {
-        "macs": metrics.get("macs"),
+        "macs": metrics.get("macs", json.loads((run / "metrics.json").read_text()).get("macs")),
         "float": fp32["accuracy"],
         "int8": int8["accuracy"],
         "bytes": int8["bytes"],
@@ -88,7 +80,7 @@ def collect(run: Path) -> dict:
 
 
 def write_doc(work: Path) -> None:
-    found = {name: collect(work / name) for name in VARIANTS if (work / name / "bench.json").exists()}  # timed ones
+    found = {name: collect(work / name) for name in VARIANTS if (work / name / "firmware").is_dir()}
     base = found.get("unpruned")
     lines = [
         "## Channel pruning on the device (issue 12)",
@@ -98,20 +90,28 @@ def write_doc(work: Path) -> None:
         "JPEG CIFAR-10 of ../shared, accuracies on all 10,000 test images; int8 = post-training, per-channel (the default).",
         "- Reproduce: `python bench/channels.py bench-runs/default-job` then `python bench/channels.py --write`.",
         "",
-        "| variant | what | float acc | int8 TFLite acc | int8 bytes | TFLM arena | LiteRT p50 ms (1 thread) | optimize time |",
+        "| variant | what | MACs | float acc | int8 TFLite acc | int8 bytes | TFLM arena | LiteRT p50 ms (1 thread) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in found.items():
         def change(key, row=row, name=name):
-            return "" if base is None or name == "unpruned" else f" ({row[key] / base[key] - 1:+.0%})"
+            if base is None or name == "unpruned" or row[key] is None or base[key] is None:
+                return ""
+            return f" ({row[key] / base[key] - 1:+.0%})"
 
-        minutes = "" if row["optimize_s"] is None else f"{row['optimize_s'] / 60:.1f} min"
+        latency = "" if row["p50"] is None else f"{row['p50']:.3f}"
+        macs = "" if row["macs"] is None else f"{row['macs']:,}"
         lines.append(
-            f"| {name} | {VARIANTS[name][0]} | {row['float']:.4f} | {row['int8']:.4f} | {row['bytes']:,}{change('bytes')} | "
-            f"{row['arena']:,}{change('arena')} | {row['p50']:.3f}{change('p50')} | {minutes} |"
+            f"| {name} | {VARIANTS[name][0]} | {macs}{change('macs')} | {row['float']:.4f} | {row['int8']:.4f} | "
+            f"{row['bytes']:,}{change('bytes')} | {row['arena']:,}{change('arena')} | {latency}{change('p50')} |"
         )
+    missing = [name for name in VARIANTS if name not in found]
+    if missing:
+        lines += ["", "Not measured yet: " + ", ".join(missing) + "."]
     lines += ["", "Commands per variant (RUN = a copy of the source run):", ""]
     for name, (_, flags) in VARIANTS.items():
+        if name not in found:
+            continue
         steps = [*commands(Path("RUN"), flags), latency_command(Path("RUN"))]
         lines.append(f"- {name}: " + "; ".join(f"`{shlex.join(c)}`" for c in steps))
     write_section("channel-pruning", "\n".join(lines))
@@ -132,7 +132,7 @@ def main() -> None:
     if args.latency:
         for name in args.only:
             if (args.work / name / "firmware").is_dir():
-                subprocess.run([EDGECLS, *latency_command(args.work / name)[1:]], cwd=ROOT, check=True)
+                run_edgecls([latency_command(args.work / name)])
         return
     for name in args.only:
         run_variant(args.source.resolve(), args.work, name)

@@ -51,3 +51,28 @@ def write_section(name: str, body: str) -> None:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
     print(body)
+
+
+def copy_run(source: Path, target: Path) -> None:
+    """A fresh copy of a finished run without what later stages wrote (exports, validation, firmware, bench, report)."""
+    import shutil
+
+    shutil.rmtree(target, ignore_errors=True)
+    later = shutil.ignore_patterns("export", "validate.*", "firmware", "bench*", "report")
+    shutil.copytree(source, target, ignore=later)
+
+
+def run_edgecls(commands: list[list[str]]) -> dict[str, float]:
+    """Run `edgecls ...` command lines in order (each printed first); the wall seconds of each subcommand."""
+    import shlex
+    import sys
+    import time
+
+    executable = str(Path(sys.executable).with_name("edgecls"))
+    seconds = {}
+    for command in commands:
+        print("$", shlex.join(command), flush=True)
+        start = time.perf_counter()
+        subprocess.run([executable, *command[1:]], cwd=ROOT, check=True)
+        seconds[command[1]] = time.perf_counter() - start
+    return seconds

@@ -333,6 +333,8 @@ def export(
     out.print(table)
     for row in entry["metrics"]["artifacts"]:
         _print_fallback(row)
+    for line in entry["warnings"]:
+        warn(line)
 
 
 def _print_fallback(row: dict[str, Any]) -> None:

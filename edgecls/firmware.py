@@ -9,8 +9,10 @@ From a run's int8 TFLite export, writes `runs/<name>/firmware/<stage>/`:
     firmware.json                  arena (measured and with margin), flash, TFLM parity
 
 The arena is found on the real TFLM interpreter (the `tflite-micro` package runs
-TFLM's kernels on the host): the smallest size, to 16 bytes, at which the model
-allocates AND invokes, by doubling then bisection. Host pointers are 8 bytes
+TFLM's kernels on the host): what its `RecordingMicroAllocator` reports after allocating
+and invoking in a large arena, checked to allocate AND invoke at that size (to 16 bytes;
+`edgecls.runtimes.measure_arena`; equal to the bisected minimum on the default model, and
+it never probes the too-small arenas that crashed TFLM on a channel-pruned model). Host pointers are 8 bytes
 against 4 on a Cortex-M, so the host figure is an upper bound of the device's;
 a safety margin (default 10 %) is added on top and both numbers are reported.
 """

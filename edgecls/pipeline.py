@@ -68,8 +68,10 @@ def _why_not(cfg: EdgeConfig, stage: str) -> str | None:
     """Why the config leaves `stage` out, or None when it applies."""
     if stage not in cfg.pipeline.stages:
         return "not in `pipeline.stages`"
-    if stage == "optimize" and cfg.optimize.prune is None and not cfg.optimize.qat:
-        return "nothing asked (`optimize.prune`, `optimize.qat`)"
+    from edgecls.optimize import planned_stages
+
+    if stage == "optimize" and not planned_stages(cfg.optimize):
+        return "nothing asked (`optimize.prune`, `optimize.prune_channels`, `optimize.fit`, `optimize.qat`)"
     if stage == "firmware" and not ("tflite" in cfg.export.formats and "int8" in cfg.export.precisions):
         return "no int8 TFLite file is exported"
     if stage == "firmware" and cfg.export.io != "int8":

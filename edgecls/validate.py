@@ -118,7 +118,8 @@ def worst_int8_layers(run: RunDir, rows: list[dict[str, Any]], *, trust: bool = 
     from edgecls.export.inspect import run_inspect
     from edgecls.records import quant_debug_record
 
-    failing = sorted({r["stage"] for r in rows if r["precision"] == "int8" and r["status"] != "pass"} - set(QAT_STAGES))
+    dropped = {r["stage"] for r in rows if r["precision"] == "int8" and r["status"] != "pass" and r.get("accuracy") is not None}
+    failing = sorted(dropped - set(QAT_STAGES))  # an accuracy drop, not a file that could not run
     worst = {}
     for stage in failing:
         try:

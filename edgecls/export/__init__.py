@@ -253,6 +253,11 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, 
     check_images = preprocess_numpy(check.images, mode)
 
     repair = not qat and bool(cfg.fallback == "auto" or cfg.float_layers or cfg.inspect)
+    warnings = (
+        [f"--inspect skipped: stage `{stage}` learned its int8 ranges in training (no calibration to debug)"]
+        if (qat and cfg.inspect)
+        else []
+    )
     if qat and (cfg.fallback == "auto" or cfg.float_layers):
         raise ConfigError(
             f"stage `{stage}` is quantization-aware trained: its int8 files keep every layer int8 with learned ranges; "
@@ -311,7 +316,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, 
     return run.record_stage(
         key, seed=record.seed, inputs={"stage": stage, "stage_sha256": run.model_sha256(stage), "export_config": _plain(cfg)},
         outputs=outputs,
-        metrics=summary, warnings=[],
+        metrics=summary, warnings=warnings,
     )  # fmt: skip
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgecls.config import ExportConfig
 from edgecls.console import quiet_native
-from edgecls.errors import ConfigError, RunError
+from edgecls.errors import ConfigError, IntegrityError, RunError
 from edgecls.escape import escape_markdown
 from edgecls.export import debug
 from edgecls.export.fallback import Fallback, search, within
@@ -264,6 +264,7 @@ def run_inspect(run_path: str | Path, cfg: ExportConfig, *, trust: bool = False)
         ConfigError: the stage is quantization-aware trained (its ranges are learned, not calibrated).
     """
     from edgecls.export import QAT_STAGES, choose_exported_stage, int8_context
+    from edgecls.records import exported_files
 
     run = RunDir(run_path)
     stage = choose_exported_stage(run, cfg.stage)
@@ -273,7 +274,12 @@ def run_inspect(run_path: str | Path, cfg: ExportConfig, *, trust: bool = False)
             "no post-training int8 to inspect; `edgecls validate` measures its drop."
         )
     folder = run.file(f"export/{stage}")
-    exported = {fmt: folder / f"model_int8.{fmt}" for fmt in ("tflite", "onnx") if (folder / f"model_int8.{fmt}").is_file()}
+    files = [f for f in exported_files(run, stage) if f.precision == "int8" and f.source_stage == stage]
+    for file in files:
+        problem = file.problem()
+        if problem:
+            raise IntegrityError(f"{file.path}: {problem}; re-export it with `edgecls export {run.path} --force`.")
+    exported = {file.format: file.path for file in files}
     if not exported:
         raise RunError(f"stage `{stage}` of {run.path} has no int8 export; run `edgecls export {run.path} --int8 --stage {stage}`.")
     with tempfile.TemporaryDirectory() as scratch:

@@ -286,8 +286,11 @@ def _finish(run: RunDir, stage: str, model, cfg: EdgeConfig, data, extra: dict[s
     return run.record_stage(
         stage,
         seed=cfg.run.seed,
-        inputs={"parent": extra["parent"], "parent_sha256": run.model_sha256(extra["parent"]),
-                "optimize_config": cfg.to_dict()["optimize"]},  # fmt: skip
+        inputs={
+            "parent": extra["parent"],
+            "parent_sha256": run.model_sha256(extra["parent"]),
+            "optimize_config": cfg.to_dict()["optimize"],
+        },  # fmt: skip
         outputs=[f"{folder}/{MODEL_FILE}", f"{folder}/metrics.json"],
         metrics=headline,
         warnings=warnings,
@@ -334,16 +337,30 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
     if data.val is None or len(data.val) == 0:
         raise StageError("`--fit` chooses by validation accuracy, and this run has no validation split (data.val_fraction 0).")
     best = None
-    for candidate in fit.to_train(candidates, opt.fit_trials):
+    fitting = fit.to_train(candidates, len(candidates))  # most MACs first
+    if fitting[0].ratio == 0:  # the fine-tuned model fits as it is: removing channels would only cost accuracy
+        fitting = fitting[:1]
+    kept = 0
+    for candidate in fitting:
+        if kept >= opt.fit_trials:
+            break
         thin = model
         if candidate.ratio > 0:
             thin = prune_channels(model, candidate.ratio, opt.channel_criterion)[0]
             train_batchnorm(thin)
             teacher = model if opt.channel_teacher else None
             _fit(thin, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=callbacks, teacher=teacher)
-        candidate.trained, candidate.val_accuracy = True, _evaluate(thin, cfg, data.val)
+            fit.remeasure(candidate, thin, budget)  # trained weights convert to a different size (measured: +6 %)
+        candidate.trained = True
+        if not candidate.fits:
+            continue
+        kept += 1
+        candidate.val_accuracy = _evaluate(thin, cfg, data.val)
         if best is None or candidate.val_accuracy > best[0].val_accuracy:
             best = (candidate, thin)
+    if best is None:
+        raise StageError(f"no trained candidate still fits `{budget.profile}`: " + "; ".join(
+            f"{c.ratio:.0%}: {c.why_not}" for c in candidates if c.trained))  # fmt: skip
     chosen, thin = best
     chosen.chosen = True
     folder = run.inside(f"fit/{budget.profile}")

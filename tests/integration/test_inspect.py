@@ -22,7 +22,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 @pytest.fixture(scope="module")
 def imagenet_run(shared_cifar, keras_home, tmp_path_factory):
-    """MobileNet v1 0.25 with its ImageNet backbone (BatchNorm statistics untouched), head trained 1 epoch at 64 px."""
+    """MobileNet v1 0.25 with its ImageNet backbone (BatchNorm statistics untouched), head trained 1 epoch at 64 px.
+
+    (At 32 px the barely trained head's logits are small against their int8 step: the head itself is an outlier.)
+    """
     from edgecls.config import load_config
     from edgecls.train import run_finetune
 
@@ -62,7 +65,8 @@ def test_per_tensor_collapse_is_ranked_and_repaired(imagenet_run, tmp_path, caps
     run = tmp_path / "per-tensor"
     shutil.copytree(imagenet_run, run)
     args = ["export", run, "--int8", "--granularity", "per-tensor", "--inspect", "--fallback", "auto",
-            "--max-int8-drop", "2", "--set", "export.fallback_per_class=5", "--calibration-samples", "50"]  # fmt: skip
+            "--max-int8-drop", "2", "--max-float-layers", "2", "--set", "export.fallback_per_class=5",
+            "--calibration-samples", "50"]  # fmt: skip
     code, out, err = run_cli(args, capsys)
     assert code == 0, out + err
     report = json.loads((run / "export/finetune/quant_debug.json").read_text())
@@ -80,7 +84,7 @@ def test_per_tensor_collapse_is_ranked_and_repaired(imagenet_run, tmp_path, caps
     for name in ("model_int8.tflite", "model_int8.onnx"):
         fallback = rows[name]["fallback"]
         assert fallback["int8_accuracy"] < fallback["float_accuracy"] - 0.02  # per-tensor int8 really broke here
-        assert len(fallback["float_layers"]) <= 3 and fallback["accuracy"] >= fallback["int8_accuracy"]
+        assert len(fallback["float_layers"]) <= 2 and fallback["accuracy"] >= fallback["int8_accuracy"]
         kept = [t for t in fallback["trials"] if t["kept"]]
         assert [t["float_layers"] for t in kept][-1:] == ([fallback["float_layers"]] if kept else [])
     code, out, err = run_cli(["validate", run, "--tflm-images", "0", "--max-int8-drop", "0"], capsys)
@@ -96,24 +100,24 @@ def test_per_tensor_collapse_is_ranked_and_repaired(imagenet_run, tmp_path, caps
 
 
 def test_healthy_per_channel_model_has_no_outlier_and_no_fallback(imagenet_run, tmp_path, capsys):
+    from edgecls.run import RunDir
+
     run = tmp_path / "per-channel"
     shutil.copytree(imagenet_run, run)
-    code, out, err = run_cli(["export", run, "--int8", "--format", "tflite", "--calibration-samples", "50"], capsys)
+    args = ["export", run, "--int8", "--format", "tflite", "--calibration-samples", "50", "--fallback", "auto",
+            "--max-int8-drop", "15", "--set", "export.fallback_per_class=5"]  # fmt: skip
+    code, out, err = run_cli(args, capsys)
     assert code == 0, out + err
-    before = (run / "export/finetune/model_int8.tflite").read_bytes()
+    (row,) = [r for r in json.loads((run / "export/finetune/export.json").read_text())["artifacts"] if r["precision"] == "int8"]
+    assert row["float_layers"] == [] and row["fallback"]["trials"] == [] and row["fallback"]["met"]  # nothing built
+    assert row["weight_dtypes"] == ["int8"]
+
     code, out, err = run_cli(["inspect", run], capsys)
     assert code == 0, out + err
     report = json.loads((run / "export/finetune/quant_debug.json").read_text())
     assert not [row["layer"] for row in report["layers"]["tflite"] if row["outlier"]]
     assert "no outlier" in (run / "export/finetune/quant_debug.md").read_text()
-
-    args = ["export", run, "--int8", "--format", "tflite", "--calibration-samples", "50", "--fallback", "auto",
-            "--max-int8-drop", "15", "--set", "export.fallback_per_class=5", "--force"]  # fmt: skip
-    code, out, err = run_cli(args, capsys)
-    assert code == 0, out + err
-    (row,) = [r for r in json.loads((run / "export/finetune/export.json").read_text())["artifacts"] if r["precision"] == "int8"]
-    assert row["float_layers"] == [] and row["fallback"]["trials"] == [] and row["fallback"]["met"]
-    assert (run / "export/finetune/model_int8.tflite").read_bytes() == before
+    assert RunDir(run).stage("inspect/finetune")["outputs"]
 
 
 def test_bad_inspect_and_fallback_inputs(imagenet_run, tmp_path, capsys):

@@ -62,3 +62,19 @@ def test_bad_yaml_file(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="must be an existing YAML file"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_every_shipped_config_loads_and_names_real_profiles():
+    """The configs/ files the README points to are valid configs; their device profiles exist."""
+    from pathlib import Path
+
+    from edgecls.config import load_config
+    from edgecls.devices import load_profile
+
+    shipped = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert len(shipped) >= 4
+    for path in shipped:
+        cfg = load_config(path)
+        for profile in (cfg.firmware.device, cfg.bench.profile, cfg.optimize.fit):
+            if profile:
+                load_profile(profile)
