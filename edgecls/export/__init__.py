@@ -73,7 +73,7 @@ def validation_sample(record: FinetuneRecord, per_class: int) -> tuple[np.ndarra
 
 
 def int8_context(run: RunDir, stage: str, cfg: ExportConfig, scratch: Path, *, trust: bool = False):
-    """The `Int8Debug` of an exported stage (its own calibration set and granularity), and that granularity."""
+    """The `Int8Debug` that ranks an exported stage's layers (its own calibration set and granularity), and that granularity."""
     from edgecls.calibration import load_calibration, read_manifest
     from edgecls.data.pipeline import preprocess_numpy
     from edgecls.export import onnx as onnx_export
@@ -89,10 +89,9 @@ def int8_context(run: RunDir, stage: str, cfg: ExportConfig, scratch: Path, *, t
     model = run.load_model(stage, trust=trust)[0]
     fp32 = scratch / "model_fp32.onnx"
     fp32.write_bytes(onnx_export.convert(model, record.input_size).SerializeToString())
-    images, labels = validation_sample(record, cfg.fallback_per_class)
-    ctx = Int8Debug(
+    ctx = Int8Debug(  # ranking only: no validation images (a run without a validation split can be inspected)
         model=model, calibration=preprocess_numpy(calibration, record.preprocessing), per_tensor=granularity == "per-tensor",
-        fp32_onnx=fp32, val_images=preprocess_numpy(images, record.preprocessing), val_labels=labels,
+        fp32_onnx=fp32, val_images=np.zeros((0,)), val_labels=np.zeros((0,)),
         io=cfg.io, calibration_method=cfg.calibration_method,
     )  # fmt: skip
     return ctx, granularity
