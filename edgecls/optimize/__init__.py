@@ -322,7 +322,7 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
     from edgecls.errors import StageError
     from edgecls.models.stats import model_stats
     from edgecls.optimize import fit
-    from edgecls.optimize.channels import prune_channels
+    from edgecls.optimize.channels import channel_groups, prune_channels
 
     opt = cfg.optimize
     budget = fit.Budget.of(load_profile(opt.fit), flash_reserve=opt.fit_flash_reserve, ram_reserve=opt.fit_ram_reserve,
@@ -344,9 +344,9 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
     for candidate in fitting:
         if kept >= opt.fit_trials:
             break
-        thin = model
+        thin, widths = model, {g.producer: [g.channels, g.channels] for g in channel_groups(model)}
         if candidate.ratio > 0:
-            thin = prune_channels(model, candidate.ratio, opt.channel_criterion)[0]
+            thin, widths = prune_channels(model, candidate.ratio, opt.channel_criterion)
             train_batchnorm(thin)
             teacher = model if opt.channel_teacher else None
             _fit(thin, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=callbacks, teacher=teacher)
@@ -357,11 +357,11 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
         kept += 1
         candidate.val_accuracy = _evaluate(thin, cfg, data.val)
         if best is None or candidate.val_accuracy > best[0].val_accuracy:
-            best = (candidate, thin)
+            best = (candidate, thin, widths)
     if best is None:
         raise StageError(f"no trained candidate still fits `{budget.profile}`: " + "; ".join(
             f"{c.ratio:.0%}: {c.why_not}" for c in candidates if c.trained))  # fmt: skip
-    chosen, thin = best
+    chosen, thin, widths = best
     chosen.chosen = True
     folder = run.inside(f"fit/{budget.profile}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -375,16 +375,10 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
     extra = {
         "parent": "finetune", "prune_channels": chosen.ratio, "criterion": opt.channel_criterion,
         "teacher": "finetune" if opt.channel_teacher else None, "fit": budget.profile,
-        "widths": {g: [int(model.get_layer(g).filters), int(thin.get_layer(g).filters)] for g in _producers(model)},
+        "widths": widths,
         "macs": after["macs"], "macs_before": before["macs"], "params": after["params"], "params_before": before["params"],
     }  # fmt: skip
     return thin, extra
-
-
-def _producers(model) -> list[str]:
-    from edgecls.optimize.channels import channel_groups
-
-    return [group.producer for group in channel_groups(model)]
 
 
 def planned_stages(opt: OptimizeConfig) -> list[str]:

@@ -22,9 +22,9 @@ import numpy as np
 
 from edgecls.devices import DeviceProfile
 from edgecls.escape import escape_markdown
+from edgecls.runtimes import ALIGN
 
 RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-ALIGN = 16
 METADATA_ALLOWANCE = 4096  # bytes the export adds to the file (labels, normalization) beyond the bare conversion
 
 
