@@ -44,7 +44,7 @@ def commands(run: Path, flags: list[str]) -> list[list[str]]:
 
 
 def latency_command(run: Path) -> list[str]:
-    return ["edgecls", "bench", str(run), "--threads", "1", "--runs", "500"]
+    return ["edgecls", "bench", str(run), "--threads", "1"]
 
 
 def run_variant(source: Path, work: Path, name: str) -> None:
@@ -94,6 +94,7 @@ def write_doc(work: Path) -> None:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in found.items():
+
         def change(key, row=row, name=name):
             if base is None or name == "unpruned" or row[key] is None or base[key] is None:
                 return ""

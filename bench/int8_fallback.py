@@ -52,7 +52,7 @@ def commands(source: Path, work: Path, variant: str) -> list[list[str]]:
 
 def latency_command(run: Path) -> list[str]:
     run = run.relative_to(ROOT) if run.is_relative_to(ROOT) else run
-    return ["edgecls", "bench", str(run), "--threads", "1", "--runs", "500"]
+    return ["edgecls", "bench", str(run), "--threads", "1"]
 
 
 def run_variant(source: Path, work: Path, variant: str) -> None:

@@ -41,8 +41,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "bn-sgd5e-2-w1": (
         "BatchNorm trained, Nesterov SGD lr 0.05, wd 5e-4, 1 warm-up epoch",
         [
-            "--optimizer", "sgd", "--lr", "0.05", "--weight-decay", "5e-4",
-            "--set", "train.batchnorm=train", "--warmup-epochs", "1",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "0.05",
+            "--weight-decay",
+            "5e-4",
+            "--set",
+            "train.batchnorm=train",
+            "--warmup-epochs",
+            "1",
         ],
     ),  # fmt: skip
     "bn-lr2e-3-w1-e7": (

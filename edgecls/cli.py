@@ -151,6 +151,9 @@ def finetune(
     val_fraction: Annotated[float | None, typer.Option(help="Validation share of train.")] = None,
     on_bad_image: Annotated[str | None, typer.Option(help="skip | error.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    distribute: Annotated[
+        str | None, typer.Option(help="auto | none | mirrored (all local GPUs) | multi-worker (TF_CONFIG).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Run folder name (default <model>-<strategy>).")] = None,
     runs_dir: Annotated[str | None, typer.Option(help="Parent folder of runs.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
@@ -185,6 +188,7 @@ def finetune(
         "data.val_fraction": val_fraction,
         "data.on_bad_image": on_bad_image,
         "run.seed": seed,
+        "train.distribute": distribute,
         "run.name": name,
         "run.runs_dir": runs_dir,
     }
@@ -233,6 +237,7 @@ def optimize(
     fit: Annotated[
         str | None, typer.Option(help="Device profile: remove the channels it takes for the int8 file and arena to fit.")
     ] = None,
+    distribute: Annotated[str | None, typer.Option(help="auto | none | mirrored (all local GPUs).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo a finished stage.")] = False,
     trust_run: TrustOpt = False,
     config: ConfigOpt = None,
@@ -254,6 +259,7 @@ def optimize(
         "optimize.prune_channels": prune_channels,
         "optimize.channel_criterion": channel_criterion,
         "optimize.fit": fit,
+        "optimize.distribute": distribute,
     }
     opt = stage_config(run, config, flags, set_).optimize
     import_tensorflow()
@@ -509,23 +515,31 @@ def validate(
 @command
 def bench(
     run: Annotated[Path, typer.Argument(help="A run folder with exports.")],
-    device: Annotated[str | None, typer.Option(help="host, or ssh://user@host[:port].")] = None,
+    device: Annotated[
+        list[str] | None, typer.Option(help="host, or ssh://user@host[:port]; repeat it to measure several in parallel.")
+    ] = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet YAML: devices with their profile, Python and key.")] = None,
     profile: Annotated[str | None, typer.Option(help="Device profile whose budgets to check.")] = None,
-    runs: Annotated[int | None, typer.Option(help="Timed single-image runs per file.")] = None,
+    windows: Annotated[int | None, typer.Option(help="Timed windows per file (figure: median of windows).")] = None,
+    window_seconds: Annotated[float | None, typer.Option(help="Least duration of a window, seconds.")] = None,
+    runs: Annotated[int | None, typer.Option(help="Least timed runs of a window.")] = None,
     warmup: Annotated[int | None, typer.Option(help="Untimed runs first.")] = None,
     threads: Annotated[str | None, typer.Option(help="Comma list of thread counts (default 1 and all).")] = None,
-    ssh_key: Annotated[str | None, typer.Option(help="Private key for the SSH device.")] = None,
-    known_hosts: Annotated[str | None, typer.Option(help="known_hosts file for the SSH device.")] = None,
-    remote_python: Annotated[str | None, typer.Option(help="Python on the device.")] = None,
+    ssh_key: Annotated[str | None, typer.Option(help="Private key for the SSH devices.")] = None,
+    known_hosts: Annotated[str | None, typer.Option(help="known_hosts file for the SSH devices.")] = None,
+    remote_python: Annotated[str | None, typer.Option(help="Python on the devices.")] = None,
     trust_run: TrustOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Latency, throughput and memory of every exported file on a device; exit 1 over a budget."""
+    """Latency, throughput and memory of every exported file on one device or a fleet; exit 1 over a budget."""
     flags = {
-        "bench.device": device,
+        "bench.device": device or None,
+        "bench.fleet": fleet,
         "bench.profile": profile,
+        "bench.windows": windows,
+        "bench.window_seconds": window_seconds,
         "bench.runs": runs,
         "bench.warmup": warmup,
         "bench.threads": threads,
@@ -544,10 +558,17 @@ def bench(
         raise
     out.print(markdown(result), markup=False, highlight=False)
     if not result["passed"]:
-        failed = [r for r in result["rows"] if r["status"] != "pass"]
-        why = f"{len(failed)} file(s) not measured" if failed else f"over budget of profile {cfg.profile}"
-        err.print(f"edgecls: bench failed: {why}", markup=False)
+        err.print(f"edgecls: bench failed: {_bench_failure(result, cfg.profile)}", markup=False)
         raise typer.Exit(1)
+
+
+def _bench_failure(result: dict, profile: str | None) -> str:
+    """Why a bench did not pass, in a few words: failed devices, unmeasured files, or a budget."""
+    if "devices" in result:
+        failed = [s for s in result["summary"] if not s["passed"]]
+        return f"{len(failed)} of {len(result['summary'])} device(s) failed or over budget: " + ", ".join(s["url"] for s in failed)
+    failed = [r for r in result["rows"] if r["status"] != "pass"]
+    return f"{len(failed)} file(s) not measured" if failed else f"over budget of profile {profile}"
 
 
 @command

@@ -8,6 +8,7 @@ the resolved copy saved in a run folder reloads to an equal object.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -73,6 +74,11 @@ class DataConfig:
         batch_size: Images per batch. Defaults to 64.
         on_bad_image: `skip` (warn, count and record unreadable files) or `error`
             (stop at the first, naming it). Defaults to `skip`.
+        mode: `memory` decodes every image once into RAM; `stream` reads the training split
+            through tf.data from an on-disk cache of decoded images (`edgecls.data.stream`);
+            `auto` streams only when the decoded images would not fit `memory_gib`. Defaults to `auto`.
+        memory_gib: Memory budget for decoded images, GiB. Defaults to 60 % of the RAM available.
+        cache_dir: Where the streaming cache lives. Defaults to `$XDG_CACHE_HOME/edgecls` (`~/.cache/edgecls`).
     """
 
     source: str = "cifar10"
@@ -83,8 +89,13 @@ class DataConfig:
     augment: tuple[str, ...] = ("crop", "flip")
     batch_size: int = 64
     on_bad_image: Literal["skip", "error"] = "skip"
+    mode: Literal["auto", "memory", "stream"] = "auto"
+    memory_gib: float | None = None
+    cache_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if self.memory_gib is not None and not (math.isfinite(self.memory_gib) and self.memory_gib > 0):
+            _fail("data.memory_gib", "a positive number of GiB", self.memory_gib)
         if not self.source:
             _fail("data.source", "`cifar10` or a path", self.source)
         if not 0.0 <= self.val_fraction < 0.5:
@@ -156,6 +167,11 @@ class TrainConfig:
             The `frozen` strategy never trains them; `edgecls optimize` always freezes them.
         patience: Early-stopping patience in epochs on validation accuracy; 0
             disables. Defaults to 3.
+        distribute: `none` (one device), `mirrored` (`MirroredStrategy` on all local GPUs),
+            `multi-worker` (`MultiWorkerMirroredStrategy` from `TF_CONFIG`), or `auto`
+            (multi-worker with `TF_CONFIG`, mirrored with several GPUs, else none). With
+            several replicas, `data.batch_size` is per replica and the learning rates are
+            scaled by the replica count (`edgecls.distribute`). Defaults to `auto`.
     """
 
     strategy: Literal["frozen", "partial", "full"] = "full"
@@ -170,6 +186,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     batchnorm: Literal["frozen", "train"] = "train"
     patience: int = 3
+    distribute: Literal["auto", "none", "mirrored", "multi-worker"] = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -233,6 +250,8 @@ class OptimizeConfig:
             accuracy chooses among them. Defaults to 2.
         fit_flash_reserve: Flash bytes kept for the application. Defaults to 65536.
         fit_ram_reserve: RAM bytes kept for the application's stack and buffers. Defaults to 16384.
+        distribute: `none`, `mirrored` (TFMOT's wrappers mirrored on all local GPUs) or `auto`
+            (mirrored with several GPUs); `multi-worker` is refused (`edgecls.distribute`). Defaults to `auto`.
     """
 
     prune: float | None = None
@@ -255,6 +274,7 @@ class OptimizeConfig:
     fit_trials: int = 2
     fit_flash_reserve: int = 65536
     fit_ram_reserve: int = 16384
+    distribute: Literal["auto", "none", "mirrored", "multi-worker"] = "auto"
 
     def __post_init__(self) -> None:
         if self.fit is not None and (self.prune_channels is not None or self.channel_ratios or self.prune is not None):
@@ -435,20 +455,32 @@ class ValidateConfig:
 class BenchConfig:
     """Where and how `edgecls bench` measures.
 
+    The method is the field's (MLPerf Tiny / EEMBC windows, TFLite `benchmark_model`
+    warm-up and threads): `warmup` untimed runs, then `windows` timed windows of at
+    least `window_seconds` and `runs` runs each; the figure is the median of the
+    windows' medians, published with their spread.
+
     Attributes:
-        device: `host`, or `ssh://user@host[:port]`. Defaults to `host`.
+        device: Devices to measure, in parallel: `host` and/or `ssh://user@host[:port]`.
+            Defaults to `host`.
+        fleet: A fleet YAML file (devices with their own profile, Python and key) instead of `device`.
         profile: A device profile (shipped name or YAML path) whose budgets to check.
-        runs: Timed single-image runs per file. Defaults to 100.
+        windows: Timed windows per file and thread count. Defaults to 5.
+        window_seconds: Least duration of a window. Defaults to 2.0.
+        runs: Least timed runs of a window. Defaults to 10.
         warmup: Untimed runs first. Defaults to 10.
         threads: Thread counts; empty for 1 and all cores.
-        ssh_key: Private key for the SSH device.
-        known_hosts: known_hosts file that pins the SSH device's key.
-        remote_python: Python on the device. Defaults to `python3`.
+        ssh_key: Private key for the SSH devices.
+        known_hosts: known_hosts file that pins the SSH devices' keys.
+        remote_python: Python on the devices. Defaults to `python3`.
     """
 
-    device: str = "host"
+    device: tuple[str, ...] = ("host",)
+    fleet: str | None = None
     profile: str | None = None
-    runs: int = 100
+    windows: int = 5
+    window_seconds: float = 2.0
+    runs: int = 10
     warmup: int = 10
     threads: tuple[int, ...] = ()
     ssh_key: str | None = None
@@ -458,10 +490,16 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if self.runs < 1:
             _fail("bench.runs", "a positive integer", self.runs)
+        if self.windows < 1:
+            _fail("bench.windows", "a positive integer", self.windows)
+        if not (math.isfinite(self.window_seconds) and self.window_seconds >= 0):
+            _fail("bench.window_seconds", "zero or more seconds", self.window_seconds)
         if self.warmup < 0:
             _fail("bench.warmup", "zero or more", self.warmup)
         if any(t < 1 for t in self.threads):
             _fail("bench.threads", "positive integers", list(self.threads))
+        if not self.device and not self.fleet:
+            _fail("bench.device", "`host` or ssh:// URLs", list(self.device))
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,7 @@ class BenchRow:
     threads: int | None = None
     p50_ms: float | None = None
     reason: str | None = None
+    device: str | None = None  # the device URL (a fleet's rows name theirs)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,8 @@ def _worst_int8_layers(run: RunDir, rows: tuple[ValidationRow, ...]) -> list[lis
 
 def tradeoff_points(validate_rows: tuple[ValidationRow, ...], bench_rows: tuple[BenchRow, ...]) -> list[dict[str, Any]]:
     """One point per exported file: its accuracy (LiteRT/ONNX Runtime), bytes, and p50 at 1 thread."""
-    latency = {(r.stage, r.artifact): r.p50_ms for r in bench_rows if r.status == "pass" and r.threads == 1}
+    first = bench_rows[0].device if bench_rows else None  # of a fleet, the first device's latencies
+    latency = {(r.stage, r.artifact): r.p50_ms for r in bench_rows if r.status == "pass" and r.threads == 1 and r.device == first}
     points = []
     for row in validate_rows:
         if row.runtime == "tflite-micro" or row.accuracy is None:
@@ -322,8 +323,8 @@ def run_report(run_path: str | Path, cfg: ReportConfig | None = None, *, trust: 
             if worst:
                 table("Worst int8 layers of the failing int8 rows (edgecls inspect)", ["stage", "format", "worst layers"], worst)
         if bench_rows:
-            header = ["file", "stage", "runtime", "precision", "threads", "p50 ms", "status"]
-            rows = [[r.artifact, r.stage, r.runtime_kind or "", r.precision, r.threads or "",
+            header = ["device", "file", "stage", "runtime", "precision", "threads", "p50 ms", "status"]
+            rows = [[r.device or "", r.artifact, r.stage, r.runtime_kind or "", r.precision, r.threads or "",
                      "" if r.p50_ms is None else f"{r.p50_ms:.3f}",
                      r.status if r.status == "pass" else f"FAIL: {r.reason}"] for r in bench_rows]  # fmt: skip
             table("Latency", header, rows)

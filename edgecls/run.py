@@ -132,9 +132,7 @@ def check_writable(folder: str | Path, fix: str = "choose another `--runs-dir` o
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        raise RunError(
-            f"cannot write to {probe} ({exc.strerror or exc}): {fix}."
-        ) from None
+        raise RunError(f"cannot write to {probe} ({exc.strerror or exc}): {fix}.") from None
 
 
 def _git_sha() -> str | None:

@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ from edgecls.errors import StageError
 from edgecls.worker import OnnxModel, TFLiteModel, WorkerError, dequantize, open_model, quantize
 
 __all__ = [
-    "KerasRunner", "OnnxModel", "TFLMRunner", "TFLiteModel", "WorkerError", "call_isolated", "isolated_scores",
-    "open_runner", "predict", "tflm_scores_isolated",
+    "KerasRunner", "LatencyMethod", "OnnxModel", "TFLMRunner", "TFLiteModel", "WorkerError", "call_isolated",
+    "isolated_latency", "isolated_scores", "open_runner", "predict", "tflm_scores_isolated",
 ]  # fmt: skip
 
 
@@ -155,41 +156,77 @@ def tflm_scores_isolated(path: str | Path, images: np.ndarray, arena: int | None
     return call_isolated(_tflm_scores, str(path), images, arena)
 
 
-def isolated_scores(path: str | Path, images: np.ndarray, *, mode: str, timeout: float = 1800) -> np.ndarray:
-    """Scores of a .tflite/.onnx file for uint8 images, computed in a child Python process.
+def _run_worker(args: list[str], timeout: float) -> dict:
+    """Run `python -m edgecls.worker ARGS` and return its JSON answer.
 
     Raises:
         WorkerError: the runtime refused the file, or the child crashed (the
             signal is named) or timed out.
     """
+    command = [sys.executable, "-m", "edgecls.worker", *args]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise WorkerError(f"the runtime did not finish within {timeout:.0f} s") from None
+    if done.returncode < 0:
+        import signal
+
+        raise WorkerError(f"the runtime crashed ({signal.Signals(-done.returncode).name}) on this file")
+    lines = done.stdout.strip().splitlines()
+    try:
+        result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    except ValueError:
+        result = {}
+    if done.returncode != 0 or "error" in result or not isinstance(result, dict):
+        detail = (result.get("error") if isinstance(result, dict) else None) or (
+            done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        )[-1]
+        raise WorkerError(detail[:300])
+    return result
+
+
+def isolated_scores(path: str | Path, images: np.ndarray, *, mode: str, timeout: float = 1800) -> np.ndarray:
+    """Scores of a .tflite/.onnx file for uint8 images, computed in a child Python process.
+
+    Raises:
+        WorkerError: the runtime refused the file, or the child crashed or timed out.
+    """
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "images.npy", Path(folder) / "scores.npy"
         np.save(source, images)
-        command = [
-            sys.executable,
-            "-m",
-            "edgecls.worker",
-            "scores",
-            str(path),
-            str(source),
-            str(target),
-            "--mode",
-            mode,
-        ]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise WorkerError(f"the runtime did not finish within {timeout:.0f} s") from None
-        if done.returncode < 0:
-            import signal
-
-            raise WorkerError(f"the runtime crashed ({signal.Signals(-done.returncode).name}) on this file")
-        lines = done.stdout.strip().splitlines()
-        result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
-        if done.returncode != 0 or "error" in result:
-            detail = result.get("error") or (done.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise WorkerError(detail[:300])
+        _run_worker(["scores", str(path), str(source), str(target), "--mode", mode], timeout)
         return np.load(target)
+
+
+@dataclass(frozen=True)
+class LatencyMethod:
+    """How a latency is measured (`edgecls.worker bench`): warm-up runs, then timed windows.
+
+    Attributes:
+        windows: Timed windows; the figure is the median of their medians.
+        window_seconds: Each window lasts at least this long...
+        min_runs: ...and holds at least this many runs.
+        warmup: Untimed runs first.
+    """
+
+    windows: int = 5
+    window_seconds: float = 2.0
+    min_runs: int = 10
+    warmup: int = 10
+
+    def worker_args(self) -> list[str]:
+        """The worker's command-line flags for this method."""
+        return ["--windows", str(self.windows), "--window-seconds", str(self.window_seconds),
+                "--runs", str(self.min_runs), "--warmup", str(self.warmup)]  # fmt: skip
+
+
+def isolated_latency(path: str | Path, *, threads: int, method: LatencyMethod, timeout: float = 1800) -> dict:
+    """Latency of one .tflite/.onnx file on this host, measured in a child process pinned to `threads` cores.
+
+    Raises:
+        WorkerError: the runtime refused the file, or the child crashed or timed out.
+    """
+    return _run_worker(["bench", str(path), "--threads", str(threads), *method.worker_args()], timeout)
 
 
 # --- TFLite Micro arena -------------------------------------------------------------------------------

@@ -14,15 +14,19 @@ import csv
 import json
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tf_keras
 
 from edgecls.config import EdgeConfig, TrainConfig
-from edgecls.errors import ConfigError
+from edgecls.distribute import Placement, make_placement, scale_for_replicas, shard_for_workers
+from edgecls.errors import ConfigError, StageError
 from edgecls.models.registry import HEAD_LAYERS, backbone_blocks, stem_layers
 from edgecls.run import RunDir, atomic_write_json, atomic_write_text
 
@@ -157,13 +161,33 @@ class EpochTimer(tf_keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
-def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, has_val: bool, last: bool, extra):
+class KeepBest(tf_keras.callbacks.Callback):
+    """The weights of the epoch with the best validation accuracy, kept in memory.
+
+    In a cluster every worker must run the same collective operations in the same
+    order; a best-weights file exists on the chief only, so loading it would put the
+    workers out of step. All workers keep the same best weights in memory instead.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.best, self.weights = float("-inf"), None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_accuracy")
+        if value is not None and value > self.best:
+            self.best, self.weights = value, self.model.get_weights()
+
+
+def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, has_val: bool, last: bool, extra, keep_best=None):
     """The Keras callbacks of one phase, in the order they must run at epoch end."""
     cb = tf_keras.callbacks
     history = read_history(run.file(HISTORY_CSV))
     best = max((row.get("val_accuracy", float("-inf")) for row in history), default=None)
     callbacks = [EpochTimer(), cb.CSVLogger(str(run.file(HISTORY_CSV)), append=True)]
-    if has_val:
+    if has_val and keep_best is not None:
+        callbacks.append(keep_best)
+    elif has_val:
         callbacks.append(
             cb.ModelCheckpoint(
                 str(run.file(BEST_WEIGHTS)),
@@ -185,18 +209,22 @@ def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, has_val: bool, l
     return callbacks
 
 
-def fit_phases(model, cfg: EdgeConfig, run: RunDir, train_ds, val_ds, steps_per_epoch: int, extra=None):
+def fit_phases(
+    model, cfg: EdgeConfig, run: RunDir, train_ds, val_ds, steps_per_epoch: int, extra=None, *, repeated=False, keep_best=None
+):
     """Train every phase not yet done in `run`, resuming a half-done one.
 
     A finished phase leaves `checkpoints/<phase>.weights.h5`; a later call
-    loads it instead of training the phase again.
+    loads it instead of training the phase again. A `repeated` (endless) training
+    dataset runs exactly `steps_per_epoch` steps an epoch: every worker of a cluster
+    must take the same number of steps.
     """
     phases = plan_phases(cfg.train)
     verbose = 1 if sys.stdout.isatty() else 2
     for index, phase in enumerate(phases):
         done = run.file(f"{CHECKPOINTS}/{phase.name}.weights.h5")
         if done.exists():
-            model.load_weights(str(done))
+            load_weights(model, done)
             continue
         set_trainable(
             model,
@@ -209,10 +237,11 @@ def fit_phases(model, cfg: EdgeConfig, run: RunDir, train_ds, val_ds, steps_per_
         last = index == len(phases) - 1
         model.fit(
             train_ds,
+            steps_per_epoch=steps_per_epoch if repeated else None,
             validation_data=val_ds,
             initial_epoch=phase.start,
             epochs=phase.end,
-            callbacks=phase_callbacks(run, phase, cfg, val_ds is not None, last, extra),
+            callbacks=phase_callbacks(run, phase, cfg, val_ds is not None, last, extra, keep_best),
             verbose=verbose,
         )
         model.save_weights(str(done))
@@ -245,10 +274,25 @@ def write_history_json(run: RunDir) -> list[dict[str, float]]:
     return rows
 
 
+def load_weights(model, path) -> None:
+    """`model.load_weights(path)`, also for a model built under a `tf.distribute` strategy.
+
+    tf-keras assigns the h5 file's datasets themselves to a mirrored model's BatchNorm
+    statistics (sync-on-read variables), which fails; a plain clone reads the file and
+    hands NumPy arrays over instead.
+    """
+    if model.distribute_strategy is tf.distribute.get_strategy():  # not distributed
+        model.load_weights(str(path))
+        return
+    plain = tf_keras.models.clone_model(model)
+    plain.load_weights(str(path))
+    model.set_weights(plain.get_weights())
+
+
 def finish_training(model, run: RunDir, has_val: bool) -> None:
     """Load the best validation weights (if any) and drop the checkpoints."""
     if has_val and run.file(BEST_WEIGHTS).exists():
-        model.load_weights(str(run.file(BEST_WEIGHTS)))
+        load_weights(model, run.file(BEST_WEIGHTS))
 
 
 def clean_checkpoints(run: RunDir) -> None:
@@ -298,32 +342,57 @@ def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, 
         logs/ (TensorBoard), manifest.json; checkpoints/ while running.
     """
     from edgecls.data import load_dataset
-    from edgecls.data.pipeline import eval_dataset, train_dataset
-    from edgecls.metrics import evaluate_model
     from edgecls.models import create_model, get_spec
-    from edgecls.models.stats import model_stats
 
-    run = RunDir(cfg.run_path)
+    placement = make_placement(cfg.train.distribute)
+    scratch = None if placement.is_chief else tempfile.mkdtemp(prefix="edgecls-worker-")  # only the chief writes the run
+    run = RunDir(cfg.run_path if scratch is None else Path(scratch) / cfg.run_name)
     run.check_target(force=force, resume=resume, stage="finetune")
     tf_keras.utils.set_random_seed(cfg.run.seed)
     preprocessing = get_spec(cfg.model.name).preprocessing
     dataset = load_dataset(cfg.data, cfg.model.input_size, cfg.run.seed)
-    model, weights_info = create_model(
-        cfg.model.name,
-        num_classes=dataset.num_classes,
-        input_size=cfg.model.input_size,
-        alpha=cfg.model.alpha,
-        weights=cfg.model.weights,
-        dropout=cfg.model.dropout,
-    )
+    with placement.strategy.scope():
+        model, weights_info = create_model(
+            cfg.model.name,
+            num_classes=dataset.num_classes,
+            input_size=cfg.model.input_size,
+            alpha=cfg.model.alpha,
+            weights=cfg.model.weights,
+            dropout=cfg.model.dropout,
+        )
     if not resume:
         run.create(force=force)
-        atomic_write_text(run.file("config.yaml"), cfg.to_yaml())
+        atomic_write_text(run.file("config.yaml"), cfg.to_yaml() + _placement_note(cfg, placement))
+    try:
+        model = _train(model, scale_for_replicas(cfg, placement.replicas), run, dataset, preprocessing, placement, callbacks)
+        return _finish_run(model, cfg, run, dataset, preprocessing, weights_info, placement)
+    except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError) as exc:
+        if placement.kind != "multi-worker":
+            raise
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise StageError(f"the cluster lost a worker ({reason}); start every worker again with `--resume`.") from None
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
-    batch = cfg.data.batch_size
-    train_ds = train_dataset(
-        dataset.train.images,
-        dataset.train.labels,
+
+def _placement_note(cfg: EdgeConfig, placement: Placement) -> str:
+    """YAML comment lines saying how a distributed run scaled the batch and learning rates."""
+    if placement.replicas == 1:
+        return ""
+    scaled = scale_for_replicas(cfg, placement.replicas)
+    return (f"# distributed ({placement.kind}, {placement.replicas} replicas): global batch {scaled.data.batch_size}"
+            f" ({cfg.data.batch_size} per replica), lr {scaled.train.lr:g}, head_lr {scaled.train.head_lr:g}"
+            f" (scaled by the replica count)\n")  # fmt: skip
+
+
+def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, placement: Placement, callbacks):
+    """Fit every phase on the placement's devices; returns the trained model (a plain copy when distributed)."""
+    from edgecls.data.pipeline import eval_dataset, training_dataset
+
+    batch = cfg.data.batch_size  # global: per replica x replicas
+    train_ds = training_dataset(
+        dataset.train,
         num_classes=dataset.num_classes,
         batch_size=batch,
         mode=preprocessing,
@@ -341,8 +410,28 @@ def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, 
             mode=preprocessing,
         )
     steps_per_epoch = -(-len(dataset.train) // batch)
-    fit_phases(model, cfg, run, train_ds, val_ds, steps_per_epoch, callbacks)
-    finish_training(model, run, has_val)
+    multi_worker = placement.kind == "multi-worker"
+    if multi_worker:  # the same number of steps on every worker: whole global batches of an endless stream
+        steps_per_epoch = max(1, len(dataset.train) // batch)
+        train_ds = shard_for_workers(train_ds.repeat(), by_data=True)
+        val_ds = None if val_ds is None else shard_for_workers(val_ds, by_data=False)  # each worker: all of it
+    keep_best = KeepBest() if multi_worker else None
+    fit_phases(model, cfg, run, train_ds, val_ds, steps_per_epoch, callbacks, repeated=multi_worker, keep_best=keep_best)
+    if keep_best is None:
+        finish_training(model, run, has_val)
+    elif keep_best.weights is not None:
+        model.set_weights(keep_best.weights)
+    if placement.kind == "none":
+        return model
+    plain = tf_keras.models.clone_model(model)  # outside the strategy: evaluated and saved by each worker alone
+    plain.set_weights(model.get_weights())  # every worker reads in step (mirrored BatchNorm statistics)
+    return plain
+
+
+def _finish_run(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, weights_info, placement: Placement):
+    """Evaluate on the test split, save the model and metrics, and record the finetune stage."""
+    from edgecls.metrics import evaluate_model
+    from edgecls.models.stats import model_stats
 
     for layer in model.layers:  # saved fully trainable: later stages choose their own
         layer.trainable = True
@@ -351,6 +440,7 @@ def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, 
     metrics.update(
         stage="finetune",
         strategy=cfg.train.strategy,
+        **placement.describe(),
         data_source=dataset.info["source"],
         weights=weights_info["source"],
         model_file=MODEL_FILE,
@@ -365,7 +455,7 @@ def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, 
     return run.record_stage(
         "finetune",
         seed=cfg.run.seed,
-        inputs=_stage_inputs(cfg, dataset, weights_info, preprocessing),
+        inputs={**_stage_inputs(cfg, dataset, weights_info, preprocessing), "placement": placement.describe()},
         outputs=outputs,
         metrics={
             k: metrics[k]

@@ -6,11 +6,18 @@ SSH. It needs only the standard library, NumPy, and whichever runtime the device
 has: ai-edge-litert (or tflite-runtime) for .tflite, onnxruntime for .onnx.
 
     python worker.py scores MODEL IMAGES.npy OUT.npy [--mode tf|caffe] [--threads N]
-    python worker.py bench MODEL [--runs N] [--warmup N] [--threads N] [--images IMAGES.npy]
+    python worker.py bench MODEL [--windows 5] [--window-seconds 2] [--runs 10] [--warmup 10]
+                                 [--threads N] [--images IMAGES.npy]
 
 `scores` writes float scores for uint8 images (preprocessed here); `bench` prints
-one JSON object: load time, per-run latencies (p50/p90/p99, mean), images/s,
-peak resident memory, and the runtime used. Errors print `{"error": ...}` and exit 3.
+one JSON object. Its method is the field's (MLPerf Tiny / EEMBC: several timed windows
+after warm-up, the median of the windows; TFLite `benchmark_model`: warm-up runs,
+explicit threads, the input already in the model's type): the process is pinned to
+`threads` cores where the OS allows, the timed region is the inference alone (LiteRT
+`set_tensor` + `invoke`; ONNX Runtime `run_with_iobinding` on bound buffers), and the
+end-to-end figure with the float<->int8 conversion is reported apart. Also: load
+time, peak resident memory, the CPU, core count and library versions. Errors print
+`{"error": ...}` and exit 3.
 """
 
 from __future__ import annotations
@@ -100,6 +107,20 @@ class TFLiteModel:
             return dequantize(out, *self.output["quantization"])
         return out.astype(np.float32)
 
+    def inference(self, images: np.ndarray):
+        """A no-argument callable running only the inference on `images`, already in the model's input type."""
+        self.run(images)  # sizes the tensors
+        data = images.astype(np.float32)
+        if self.input["dtype"] != np.float32:
+            data = quantize(images, *self.input["quantization"], self.input["dtype"])
+        interpreter, index = self.interpreter, self.input["index"]
+
+        def infer():
+            interpreter.set_tensor(index, data)
+            interpreter.invoke()
+
+        return infer
+
 
 class OnnxModel:
     def __init__(self, path: str, threads: int | None):
@@ -117,10 +138,26 @@ class OnnxModel:
             raise WorkerError(f"ONNX Runtime cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}") from None
         self.name = self.session.get_inputs()[0].name
         self.runtime = f"onnxruntime {ort.__version__}"
+        self.version = ort.__version__
         self.input = {"shape": [1, *self.session.get_inputs()[0].shape[1:]]}
 
     def run(self, images: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.name: images.astype(np.float32)})[0]
+
+    def inference(self, images: np.ndarray):
+        """A no-argument callable running only the inference: input and output bound once (IOBinding)."""
+        binding = self.session.io_binding()
+        data = np.ascontiguousarray(images, dtype=np.float32)
+        binding.bind_cpu_input(self.name, data)
+        for output in self.session.get_outputs():
+            binding.bind_output(output.name, "cpu")
+        session = self.session
+
+        def infer():
+            session.run_with_iobinding(binding)
+
+        infer()  # the first run allocates the bound outputs
+        return infer
 
 
 def open_model(path: str, threads: int | None):
@@ -156,7 +193,83 @@ def peak_rss_kib() -> float:
     return peak / 1024 if platform.system() == "Darwin" else float(peak)
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo; `platform.processor()` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware", "cpu model"):
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries a measurement depends on (not imported: metadata only)."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("numpy", "ai-edge-litert", "tflite-runtime", "tensorflow", "onnxruntime"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def pin_to_cores(threads: int | None) -> list[int] | None:
+    """Pin this process to its first `threads` allowed cores (Linux); the cores used, or None if not pinned.
+
+    Pinning keeps the scheduler from migrating the runtime's threads between cores
+    mid-window, one of the sources of window-to-window spread.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    chosen = allowed[: max(1, threads or len(allowed))]
+    try:
+        os.sched_setaffinity(0, chosen)
+    except OSError:
+        return None
+    return chosen
+
+
+def timed_windows(infer, *, windows: int, seconds: float, min_runs: int) -> list[np.ndarray]:
+    """Latencies (ms) of `infer`, in `windows` windows of at least `seconds` and `min_runs` runs each."""
+    clock = time.perf_counter
+    out = []
+    for _ in range(windows):
+        times = []
+        start = clock()
+        while len(times) < min_runs or clock() - start < seconds:
+            begin = clock()
+            infer()
+            times.append(clock() - begin)
+        out.append(np.array(times) * 1000)
+    return out
+
+
+def latency_summary(windows: list[np.ndarray]) -> dict:
+    """The median of the windows' medians (the figure), their spread, and percentiles over all runs."""
+    medians = np.array([np.median(w) for w in windows])
+    every = np.concatenate(windows)
+    p50 = float(np.median(medians))
+    return {
+        "p50_ms": p50,
+        "window_p50_ms": [float(m) for m in medians],
+        "window_spread_pct": float((medians.max() - medians.min()) / p50 * 100),
+        "p90_ms": float(np.percentile(every, 90)),
+        "p99_ms": float(np.percentile(every, 99)),
+        "mean_ms": float(every.mean()),
+        "runs": int(len(every)),
+        "images_per_second": float(1000 / p50),
+    }
+
+
 def bench(args) -> dict:
+    pinned = pin_to_cores(args.threads)
     start = time.perf_counter()
     model = open_model(args.model, args.threads)
     if args.images:
@@ -166,28 +279,26 @@ def bench(args) -> dict:
         sample = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
     model.run(sample)
     load = time.perf_counter() - start
+    infer = model.inference(sample)
     for _ in range(args.warmup):
-        model.run(sample)
-    times = []
-    for _ in range(args.runs):
-        begin = time.perf_counter()
-        model.run(sample)
-        times.append((time.perf_counter() - begin) * 1000)
-    times = np.array(times)
-    peak_kib = peak_rss_kib()
+        infer()
+    result = latency_summary(timed_windows(infer, windows=args.windows, seconds=args.window_seconds, min_runs=args.runs))
+    end_to_end = timed_windows(lambda: model.run(sample), windows=1, seconds=args.window_seconds, min_runs=args.runs)[0]
     return {
         "runtime": model.runtime,
         "threads": args.threads,
+        "pinned_cores": pinned,
         "load_seconds": load,
-        "runs": args.runs,
-        "p50_ms": float(np.percentile(times, 50)),
-        "p90_ms": float(np.percentile(times, 90)),
-        "p99_ms": float(np.percentile(times, 99)),
-        "mean_ms": float(times.mean()),
-        "images_per_second": float(1000 / np.median(times)),
-        "peak_rss_mib": peak_kib / 1024,
+        **result,
+        "windows": args.windows,
+        "window_seconds": args.window_seconds,
+        "warmup": args.warmup,
+        "end_to_end_p50_ms": float(np.median(end_to_end)),
+        "peak_rss_mib": peak_rss_kib() / 1024,
         "machine": platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
+        "versions": library_versions(),
     }
 
 
@@ -203,7 +314,9 @@ def main(argv=None) -> int:
             command.add_argument("images")
             command.add_argument("out")
         else:
-            command.add_argument("--runs", type=int, default=100)
+            command.add_argument("--windows", type=int, default=5)
+            command.add_argument("--window-seconds", type=float, default=2.0)
+            command.add_argument("--runs", type=int, default=10, help="at least this many runs per window")
             command.add_argument("--warmup", type=int, default=10)
             command.add_argument("--images", default=None)
     args = parser.parse_args(argv)

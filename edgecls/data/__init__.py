@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,9 +16,10 @@ import numpy as np
 from edgecls.config import DataConfig
 from edgecls.data.decode import DecodedSplit, decode_split
 from edgecls.data.sources import RawSplit, Source, list_source
+from edgecls.data.stream import StreamedSplit, default_cache_dir, stream_split
 from edgecls.errors import DataError
 
-__all__ = ["Dataset", "DecodedSplit", "list_source", "load_dataset", "load_split", "stratified_split"]
+__all__ = ["Dataset", "DecodedSplit", "StreamedSplit", "list_source", "load_dataset", "load_split", "stratified_split"]
 
 MEMORY_SHARE = 0.6  # at most this share of the machine's RAM for decoded images
 
@@ -28,13 +30,14 @@ class Dataset:
 
     Attributes:
         class_names: Index = label.
-        train, val, test: Decoded splits (val may be empty).
+        train: The training split: decoded in memory, or streamed from the on-disk cache.
+        val, test: Decoded splits (val may be empty).
         info: Source, fingerprint, split sizes and skipped files, for metrics/manifests.
         warnings: One line each, for the user and the manifest.
     """
 
     class_names: list[str]
-    train: DecodedSplit
+    train: DecodedSplit | StreamedSplit
     val: DecodedSplit
     test: DecodedSplit
     info: dict[str, Any]
@@ -78,14 +81,25 @@ def _available_memory() -> int:
         return 8 << 30
 
 
-def _check_memory(count: int, size: int) -> None:
+def memory_budget(cfg: DataConfig) -> int:
+    """Bytes of decoded images allowed in memory: `data.memory_gib`, else a share of the RAM available."""
+    return int(cfg.memory_gib * 2**30) if cfg.memory_gib else int(_available_memory() * MEMORY_SHARE)
+
+
+def _check_memory(count: int, size: int, budget: int, what: str, fix: str) -> None:
     needed = count * size * size * 3
-    budget = int(_available_memory() * MEMORY_SHARE)
     if needed > budget:
         raise DataError(
-            f"{count} images at {size}x{size} need {needed / 2**30:.1f} GiB in memory, more than "
-            f"{budget / 2**30:.1f} GiB available: lower `--input-size` or pass `--limit-per-class`."
+            f"{count} {what} at {size}x{size} need {needed / 2**30:.1f} GiB in memory, more than the "
+            f"{budget / 2**30:.1f} GiB budget: {fix}"
         )
+
+
+def choose_mode(cfg: DataConfig, count: int, size: int) -> str:
+    """`memory` or `stream`: what `data.mode` asks, `auto` streaming only when the decoded images exceed the budget."""
+    if cfg.mode != "auto":
+        return cfg.mode
+    return "memory" if count * size * size * 3 <= memory_budget(cfg) else "stream"
 
 
 def _select(source: Source, cfg: DataConfig, seed: int) -> tuple[RawSplit, RawSplit, RawSplit]:
@@ -129,11 +143,24 @@ def load_dataset(cfg: DataConfig, input_size: int, seed: int) -> Dataset:
     """
     source = list_source(cfg.source)
     train_raw, val_raw, test_raw = _select(source, cfg, seed)
-    _check_memory(len(train_raw) + len(val_raw) + len(test_raw), input_size)
+    budget = memory_budget(cfg)
+    mode = choose_mode(cfg, len(train_raw) + len(val_raw) + len(test_raw), input_size)
+    held = (val_raw, test_raw) if mode == "stream" else (train_raw, val_raw, test_raw)
+    what = "validation and test images" if mode == "stream" else "images"
+    fix = "pass `--test-limit-per-class` or lower `--val-fraction`." if mode == "stream" else (
+        "stream them (`--set data.mode=stream`), lower `--input-size` or pass `--limit-per-class`.")  # fmt: skip
+    _check_memory(sum(len(raw) for raw in held), input_size, budget, what, fix)
     splits = {
         name: decode_split(raw, input_size, on_bad_image=cfg.on_bad_image)
         for name, raw in (("train", train_raw), ("val", val_raw), ("test", test_raw))
+        if not (mode == "stream" and name == "train")
     }
+    stream_info = {}
+    if mode == "stream":
+        cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+        splits["train"], seconds = stream_split(train_raw, input_size, fingerprint=source.fingerprint, cache_dir=cache_dir,
+                                              seed=seed, on_bad_image=cfg.on_bad_image)  # fmt: skip
+        stream_info = {"cache": str(splits["train"].cache), "cache_written": seconds > 0, "cache_seconds": round(seconds, 1)}
     skipped = [image_id for split in splits.values() for image_id in split.skipped]
     warnings = list(source.notes)
     if skipped:
@@ -148,5 +175,7 @@ def load_dataset(cfg: DataConfig, input_size: int, seed: int) -> Dataset:
         "sizes": {name: len(split) for name, split in splits.items()},
         "skipped_files": skipped,
         "input_size": input_size,
+        "mode": mode,
+        **stream_info,
     }
     return Dataset(source.class_names, splits["train"], splits["val"], splits["test"], info, warnings)

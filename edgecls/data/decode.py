@@ -45,7 +45,7 @@ class DecodedSplit:
         return DecodedSplit(self.images[index], self.labels[index], [self.ids[i] for i in index], [])
 
 
-def _resize(image, size: int):
+def resize_tensor(image, size: int):
     """Bilinear resize to `size` x `size` uint8; antialiased only when shrinking (it is slow)."""
     import tensorflow as tf
 
@@ -80,6 +80,21 @@ def header_pixels(data):
     )
 
 
+def decode_tensor(data, size: int):
+    """Encoded image bytes (a string tensor) to a `size` x `size` RGB uint8 tensor.
+
+    Fails (an error `ignore_errors` drops) for unreadable data and for headers declaring
+    more than `MAX_PIXELS` pixels, checked before decoding.
+    """
+    import tensorflow as tf
+
+    too_large = tf.debugging.assert_less_equal(header_pixels(data), tf.constant(MAX_PIXELS, tf.int64))
+    with tf.control_dependencies([too_large]):  # an error here skips the file like an unreadable one
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return resize_tensor(image, size)
+
+
 def decode_split(raw: RawSplit, size: int, *, on_bad_image: str = "skip") -> DecodedSplit:
     """Decode and resize every image of `raw` to `size` x `size` RGB.
 
@@ -98,12 +113,7 @@ def decode_split(raw: RawSplit, size: int, *, on_bad_image: str = "skip") -> Dec
         return _resize_pixels(raw, size)
 
     def decode(index, item):
-        data = tf.io.read_file(item) if raw.kind == "path" else item
-        too_large = tf.debugging.assert_less_equal(header_pixels(data), tf.constant(MAX_PIXELS, tf.int64))
-        with tf.control_dependencies([too_large]):  # an error here skips the file like an unreadable one
-            image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return index, _resize(image, size)
+        return index, decode_tensor(tf.io.read_file(item) if raw.kind == "path" else item, size)
 
     payload = tf.constant(raw.payload, dtype=tf.string)
     dataset = (
@@ -138,7 +148,7 @@ def _resize_pixels(raw: RawSplit, size: int) -> DecodedSplit:
     pixels = raw.payload
     if pixels.shape[1:3] != (size, size):
         resized = np.empty([len(pixels), size, size, 3], np.uint8)
-        dataset = tf.data.Dataset.from_tensor_slices(pixels).batch(DECODE_BATCH).map(lambda x: _resize(x, size))
+        dataset = tf.data.Dataset.from_tensor_slices(pixels).batch(DECODE_BATCH).map(lambda x: resize_tensor(x, size))
         for start, batch in zip(range(0, len(pixels), DECODE_BATCH), dataset.as_numpy_iterator(), strict=False):
             resized[start : start + len(batch)] = batch
         pixels = resized

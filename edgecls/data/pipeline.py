@@ -1,7 +1,8 @@
 """tf.data input pipelines: shuffle, gather, augment, preprocess, batch, prefetch.
 
-Images are already decoded and resized in memory, so an epoch only shuffles
-indices and gathers whole batches; augmentation is vectorised over the batch.
+Images in memory are already decoded and resized, so an epoch only shuffles
+indices and gathers whole batches; a streamed split reads its on-disk cache
+through a shuffle buffer instead. Augmentation is vectorised over the batch.
 Backbone preprocessing is done here, not as layers in the model: pruning and
 quantization-aware training cannot wrap Rescaling layers.
 """
@@ -15,7 +16,7 @@ import numpy as np
 from edgecls.preprocessing import normalize_numpy as preprocess_numpy
 from edgecls.preprocessing import normalize_tf as preprocess
 
-__all__ = ["eval_dataset", "preprocess", "preprocess_numpy", "train_dataset"]
+__all__ = ["eval_dataset", "preprocess", "preprocess_numpy", "train_dataset", "training_dataset"]
 
 
 def _random_crop_and_flip(images, pad: int, crop: bool, flip: bool, seed):
@@ -144,6 +145,31 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray | None, *, num_classes: 
     return (
         tf.data.Dataset.range(len(images))
         .batch(batch_size)
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def training_dataset(split, *, num_classes: int, batch_size: int, mode: str, augment: Sequence[str], seed: int):
+    """The training pipeline of a split, in memory (`train_dataset`) or streamed from its cache (same batches' recipe)."""
+    from edgecls.data.stream import StreamedSplit
+
+    if not isinstance(split, StreamedSplit):
+        return train_dataset(split.images, split.labels, num_classes=num_classes, batch_size=batch_size, mode=mode,
+                             augment=augment, seed=seed)  # fmt: skip
+    import tensorflow as tf
+
+    augment = tuple(augment)
+
+    def load(batch_seed, batch):
+        images, labels = batch
+        if augment:
+            images = augment_batch(images, augment, batch_seed)
+        return preprocess(images, mode), tf.one_hot(labels, num_classes)
+
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return (
+        tf.data.Dataset.zip((batch_seeds, split.batches(batch_size, seed)))
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -25,6 +25,7 @@ from edgecls.escape import escape_markdown
 from edgecls.export import debug
 from edgecls.export.fallback import Fallback, search, within
 from edgecls.run import RunDir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from edgecls.runtimes import LatencyMethod, isolated_latency
 
 QUANT_DEBUG = "quant_debug"
 SHOWN_LAYERS = 12
@@ -151,15 +152,12 @@ def fall_back(ctx: Int8Debug, fmt: str, path: Path, cfg: ExportConfig, ranking: 
     return result
 
 
-def latency_ms(path: Path, runs: int = 200) -> float:
-    """Median single-image latency on this host, 1 thread (LiteRT / ONNX Runtime), input already preprocessed."""
-    import argparse
+FALLBACK_LATENCY = LatencyMethod(windows=3, window_seconds=0.5)  # a before/after comparison, not a published figure
 
-    from edgecls.worker import bench
 
-    with quiet_native():
-        result = bench(argparse.Namespace(model=str(path), threads=1, images=None, mode="tf", warmup=20, runs=runs))
-    return result["p50_ms"]
+def latency_ms(path: Path) -> float:
+    """Median single-image inference latency on this host, 1 thread (LiteRT / ONNX Runtime), in a pinned child."""
+    return isolated_latency(path, threads=1, method=FALLBACK_LATENCY)["p50_ms"]
 
 
 # --- the report ---------------------------------------------------------------------------------------

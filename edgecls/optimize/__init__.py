@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 import tf_keras
 
 from edgecls.config import EdgeConfig, OptimizeConfig
@@ -240,11 +241,12 @@ def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), 
 
     With a `teacher`, the loss is `edgecls.distill`'s mix of labels and the teacher's tempered outputs.
     """
-    from edgecls.data.pipeline import train_dataset
+    from edgecls.data.pipeline import training_dataset
     from edgecls.models import get_spec
     from edgecls.train import compile_model, make_optimizer
 
-    batch = cfg.data.batch_size
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync  # under `optimize.distribute`'s scope
+    batch, lr = cfg.data.batch_size * replicas, lr * replicas  # per-replica batch; the linear scaling rule
     steps = epochs * -(-len(data.train) // batch)
     schedule = tf_keras.optimizers.schedules.CosineDecay(lr, steps)
     if teacher is not None:
@@ -256,9 +258,8 @@ def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), 
         model.compile(optimizer=make_optimizer(cfg.train, schedule))
     else:
         compile_model(model, cfg.train, schedule)
-    dataset = train_dataset(
-        data.train.images,
-        data.train.labels,
+    dataset = training_dataset(
+        data.train,
         num_classes=data.num_classes,
         batch_size=batch,
         mode=get_spec(cfg.model.name).preprocessing,
@@ -439,15 +440,28 @@ def run_optimize(
 
     Raises:
         RunError: no finished fine-tuning, or a stage asked for twice without `force`.
-        ConfigError: nothing asked, or a layer TFMOT cannot quantize.
+        ConfigError: nothing asked, a layer TFMOT cannot quantize, or `multi-worker` distribution.
     """
+    if opt.prune is None and not opt.qat and not prunes_channels(opt) and not opt.fit:
+        raise ConfigError("nothing to do: pass `--prune SPARSITY`, `--prune-channels SHARE`, `--fit PROFILE` and/or `--qat`.")
+    if opt.distribute == "multi-worker":
+        raise ConfigError(
+            "`optimize.distribute` is `none`, `mirrored` or `auto`: edgecls optimize trains on one machine (its"
+            " stages are short, and a TFMOT-wrapped model is saved by one process); fine-tune on the cluster instead."
+        )
+    from edgecls.distribute import make_placement
+
+    placement = make_placement(opt.distribute)
+    with placement.strategy.scope():  # TFMOT's wrappers, their variables and the optimizer are mirrored
+        return _optimize(run_path, opt, force=force, callbacks=callbacks, trust=trust)
+
+
+def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbacks, trust: bool) -> list[dict]:
     import dataclasses
 
     from edgecls.config import load_config
     from edgecls.data import load_dataset
 
-    if opt.prune is None and not opt.qat and not prunes_channels(opt) and not opt.fit:
-        raise ConfigError("nothing to do: pass `--prune SPARSITY`, `--prune-channels SHARE`, `--fit PROFILE` and/or `--qat`.")
     run = RunDir(run_path)
     run.finetune_record()  # a run whose finetune entry is not edgecls' is refused before any work
     model, entry = run.load_model("finetune", trust=trust)

@@ -115,7 +115,8 @@ def test_bit_flipped_export_fails_validate_bench_and_firmware(run_copy, capsys):
     assert flipped and all(r["status"] == "fail" and "sha256 differs" in r["reason"] for r in flipped)
     assert all(r["status"] == "pass" for r in rows if r["artifact"] != "model_int8.tflite")
 
-    code, out, err = run_cli(["bench", run_copy, "--runs", "3", "--warmup", "1", "--threads", "1"], capsys)
+    args = ["bench", run_copy, "--windows", "1", "--window-seconds", "0", "--runs", "3", "--threads", "1"]
+    code, out, err = run_cli(args, capsys)
     assert code == 1, err
     bench = json.loads((run_copy / "bench.json").read_text())
     failed = [r for r in bench["rows"] if r["status"] == "fail"]
@@ -151,7 +152,7 @@ def test_paths_in_the_manifest_stay_inside_the_run(run_copy, capsys):
         manifest["stages"]["export/finetune"]["metrics"]["artifacts"][0]["file"] = "../../../../etc/passwd"
 
     _rewrite_manifest(run_copy, escape)
-    for command in (["validate", run_copy], ["bench", run_copy, "--runs", "2"]):
+    for command in (["validate", run_copy], ["bench", run_copy, "--windows", "1", "--window-seconds", "0", "--runs", "2"]):
         code, _, err = run_cli(command, capsys)
         assert_one_error(code, err, 2, "a path outside the run folder")
 
@@ -214,7 +215,7 @@ COMMANDS = {
     "export": ["export", "--force"],
     "firmware": ["firmware", "--force"],
     "validate": ["validate"],
-    "bench": ["bench", "--runs", "2"],
+    "bench": ["bench", "--windows", "1", "--window-seconds", "0", "--runs", "2"],
     "report": ["report"],
 }
 
@@ -264,7 +265,7 @@ def test_bad_inputs_to_run_commands(run_copy, tmp_path, capsys, args, message):
     assert snapshot(run_copy) == before
 
 
-@pytest.mark.parametrize("command", [["validate"], ["bench", "--runs", "2"], ["firmware", "--force"]])
+@pytest.mark.parametrize("command", [["validate"], ["bench", "--windows", "1", "--runs", "2"], ["firmware", "--force"]])
 def test_a_malformed_export_record_is_refused(run_copy, capsys, command):
     _artifacts_not_a_list(run_copy)
     before = snapshot(run_copy)

@@ -21,7 +21,8 @@ CI_SIZE = [
     "--set", "model.input_size=64",
     "--set", "train.epochs=2", "--set", "optimize.epochs=1", "--set", "export.calibration_samples=50",
     "--set", "export.check_per_class=5", "--set", "firmware.parity_images=10", "--set", "validate.tflm_images=10",
-    "--set", "bench.runs=5", "--set", "bench.warmup=1", "--set", "bench.threads=1",
+    "--set", "bench.runs=5", "--set", "bench.warmup=1", "--set", "bench.threads=1", "--set", "bench.windows=1",
+    "--set", "bench.window_seconds=0",
     "--set", "validate.max_int8_drop=25",  # 10 TFLM images (1 image = 10 pp), a model trained 2 epochs at 64 px
 ]  # fmt: skip
 

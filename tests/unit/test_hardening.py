@@ -113,12 +113,12 @@ def test_ssh_pins_host_keys_and_ends_options_before_the_destination(monkeypatch)
 
 
 def test_a_device_that_prints_invalid_json_is_a_clear_error():
-    from edgecls.bench import _worker_json
+    from edgecls.bench.ssh import worker_json
     from edgecls.errors import DeviceError
 
     for stdout in ("{not json", '["a list"]', "\x00\xff"):
         with pytest.raises(DeviceError):
-            _worker_json(subprocess.CompletedProcess([], 0, stdout, ""), "device")
+            worker_json(subprocess.CompletedProcess([], 0, stdout, ""), "device")
 
 
 # --- Data: archive bombs, pipes, links, pixel bombs -------------------------------------------------------------
