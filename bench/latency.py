@@ -5,7 +5,7 @@ MobileNetV2 1.0 @224 px run (frozen head, one short epoch: latency does not depe
 exported in every precision. Then `edgecls bench` on this host, 1 and all threads, in one
 invocation per model. Writes the "latency" section of docs/benchmarks.md.
 
-Usage: python bench/latency.py [--runs 200]
+Usage: python bench/latency.py
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def table(result: dict) -> list[str]:
         ratio = f"{base / r['p50_ms']:.2f}x" if base else ""
         lines.append(
             f"| {r['stage']} | {r['artifact']} | {r['runtime']} | {r['threads']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} |"
-            f" {r['p99_ms']:.3f} | {r['images_per_second']:.0f} | {ratio} | {r['compute_bound_ms']:.3f} |"
+            f" {r['p99_ms']:.3f} | {r['images_per_second']:.0f} | {ratio} |"
+            f" {'' if r['compute_bound_ms'] is None else format(r['compute_bound_ms'], '.3f')} |"
             f" {r['peak_rss_mib']:.0f} |"
         )
     return lines
@@ -52,14 +53,13 @@ def table(result: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--skip-v2-run", action="store_true")
     args = parser.parse_args()
     prepared = [] if args.skip_v2_run else ensure_v2_run()
     sections = []
     for name, run in (("MobileNet v1 0.25 @128 px (default edge model)", "bench-runs/bench-full"),
                       ("MobileNetV2 1.0 @224 px", V2_RUN)):  # fmt: skip
-        command = ["edgecls", "bench", run, "--runs", str(args.runs), "--warmup", "20"]
+        command = ["edgecls", "bench", run]
         subprocess.run(command, check=True, cwd=ROOT)
         result = json.loads((ROOT / run / "bench.json").read_text())
         sections += [f"### {name}", "", f"`{shlex.join(command)}` — {result['macs'] / 1e6:.1f} M MACs/image", "",
@@ -68,9 +68,10 @@ def main() -> None:
         "## Host latency (`edgecls bench --device host`, issue 6)",
         "",
         f"- Date: {today()}; edgecls commit {git_sha()}; machine: {machine()}.",
-        "- Single-image latency after 20 warm-up runs, each file in its own child process; LiteRT (ai-edge-litert,"
-        " default XNNPACK delegate) and ONNX Runtime (CPU EP) side by side; compute bound = model MACs / the fp32 GEMM"
-        " rate NumPy's BLAS reaches on this CPU with all cores (an fp32 bound; int8 kernels can beat it).",
+        "- Single-image latency, each file in its own child process pinned to its cores, with `edgecls bench`'s default"
+        " method (10 warm-up runs, 5 windows of >= 2 s, median of the windows' medians, inference only); LiteRT"
+        " (ai-edge-litert, default XNNPACK delegate) and ONNX Runtime (CPU EP) side by side; compute bound = model MACs"
+        " / the runtime's own GEMM peak of that precision on this CPU, shown only where below the measurement.",
         "- Reproduce: `python bench/latency.py`.",
         *[f"- `{shlex.join(c)}`" for c in prepared],
         "",

@@ -154,6 +154,9 @@ def finetune(
     distribute: Annotated[
         str | None, typer.Option(help="auto | none | mirrored (all local GPUs) | multi-worker (TF_CONFIG).")
     ] = None,
+    teacher: Annotated[str | None, typer.Option(help="A finished run whose model teaches this one (distillation).")] = None,
+    distill_alpha: Annotated[float | None, typer.Option(help="Weight of the hard labels (1 - alpha: the teacher).")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Distillation temperature.")] = None,
     name: Annotated[str | None, typer.Option(help="Run folder name (default <model>-<strategy>).")] = None,
     runs_dir: Annotated[str | None, typer.Option(help="Parent folder of runs.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
@@ -189,6 +192,9 @@ def finetune(
         "data.on_bad_image": on_bad_image,
         "run.seed": seed,
         "train.distribute": distribute,
+        "train.teacher": teacher,
+        "train.distill_alpha": distill_alpha,
+        "train.temperature": temperature,
         "run.name": name,
         "run.runs_dir": runs_dir,
     }

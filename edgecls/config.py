@@ -172,6 +172,10 @@ class TrainConfig:
             (multi-worker with `TF_CONFIG`, mirrored with several GPUs, else none). With
             several replicas, `data.batch_size` is per replica and the learning rates are
             scaled by the replica count (`edgecls.distribute`). Defaults to `auto`.
+        teacher: A finished run (any backbone, same classes and preprocessing) whose model
+            teaches this one (`edgecls.distill`, the Keras distillation pattern); None for none.
+        distill_alpha: Weight of the hard labels; 1 - alpha weighs the teacher's soft targets. Defaults to 0.5.
+        temperature: Softens both distributions in the distillation term. Defaults to 4.0.
     """
 
     strategy: Literal["frozen", "partial", "full"] = "full"
@@ -187,8 +191,15 @@ class TrainConfig:
     batchnorm: Literal["frozen", "train"] = "train"
     patience: int = 3
     distribute: Literal["auto", "none", "mirrored", "multi-worker"] = "auto"
+    teacher: str | None = None
+    distill_alpha: float = 0.5
+    temperature: float = 4.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.distill_alpha <= 1.0:
+            _fail("train.distill_alpha", "in [0, 1]", self.distill_alpha)
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            _fail("train.temperature", "a positive number", self.temperature)
         if self.epochs < 1:
             _fail("train.epochs", "a positive integer", self.epochs)
         if self.warmup_epochs is None:

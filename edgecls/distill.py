@@ -53,6 +53,7 @@ class Distiller(tf_keras.Model):
         self.student, self.teacher = student, teacher
         self.teacher.trainable = False
         self.alpha, self.temperature, self.label_smoothing = alpha, temperature, label_smoothing
+        self.teacher_size = tuple(teacher.input_shape[1:3])
         self.loss_tracker = tf_keras.metrics.Mean(name="loss")
         self.accuracy = tf_keras.metrics.CategoricalAccuracy(name="accuracy")
 
@@ -63,6 +64,19 @@ class Distiller(tf_keras.Model):
     def call(self, inputs, training=False):
         return self.student(inputs, training=training)
 
+    def save_weights(self, *args, **kwargs):
+        """The student's weights only (checkpoints restore into the plain student model)."""
+        return self.student.save_weights(*args, **kwargs)
+
+    def load_weights(self, *args, **kwargs):
+        return self.student.load_weights(*args, **kwargs)
+
+    def _teacher(self, images):
+        """The teacher's output on the batch, resized to its own input size (bilinear, like the data pipeline)."""
+        if tuple(images.shape[1:3]) != self.teacher_size:
+            images = tf.image.resize(images, self.teacher_size)
+        return self.teacher(images, training=False)
+
     def _loss(self, labels, student, teacher):
         return distillation_loss(
             labels, student, teacher, alpha=self.alpha, temperature=self.temperature, label_smoothing=self.label_smoothing
@@ -70,7 +84,7 @@ class Distiller(tf_keras.Model):
 
     def train_step(self, data):
         images, labels = data
-        teacher = self.teacher(images, training=False)
+        teacher = self._teacher(images)
         with tf.GradientTape() as tape:
             student = self.student(images, training=True)
             loss = self._loss(labels, student, teacher) + tf.add_n(self.student.losses or [tf.constant(0.0)])
@@ -83,6 +97,6 @@ class Distiller(tf_keras.Model):
     def test_step(self, data):
         images, labels = data
         student = self.student(images, training=False)
-        self.loss_tracker.update_state(self._loss(labels, student, self.teacher(images, training=False)))
+        self.loss_tracker.update_state(self._loss(labels, student, self._teacher(images)))
         self.accuracy.update_state(labels, student)
         return {m.name: m.result() for m in self.metrics}

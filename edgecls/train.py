@@ -210,14 +210,25 @@ def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, has_val: bool, l
 
 
 def fit_phases(
-    model, cfg: EdgeConfig, run: RunDir, train_ds, val_ds, steps_per_epoch: int, extra=None, *, repeated=False, keep_best=None
+    model,
+    cfg: EdgeConfig,
+    run: RunDir,
+    train_ds,
+    val_ds,
+    steps_per_epoch: int,
+    extra=None,
+    *,
+    repeated=False,
+    keep_best=None,
+    teacher=None,
 ):
     """Train every phase not yet done in `run`, resuming a half-done one.
 
     A finished phase leaves `checkpoints/<phase>.weights.h5`; a later call
     loads it instead of training the phase again. A `repeated` (endless) training
     dataset runs exactly `steps_per_epoch` steps an epoch: every worker of a cluster
-    must take the same number of steps.
+    must take the same number of steps. With a `teacher`, each phase trains an
+    `edgecls.distill.Distiller` around `model` (checkpoints hold the student alone).
     """
     phases = plan_phases(cfg.train)
     verbose = 1 if sys.stdout.isatty() else 2
@@ -233,9 +244,14 @@ def fit_phases(
             unfreeze=cfg.train.unfreeze,
             batchnorm=cfg.train.batchnorm,
         )
-        compile_model(model, cfg.train, make_schedule(cfg.train, phase, steps_per_epoch))
+        schedule = make_schedule(cfg.train, phase, steps_per_epoch)
+        trained = model if teacher is None else distiller(model, teacher, cfg.train)
+        if teacher is None:
+            compile_model(model, cfg.train, schedule)
+        else:
+            trained.compile(optimizer=make_optimizer(cfg.train, schedule))
         last = index == len(phases) - 1
-        model.fit(
+        trained.fit(
             train_ds,
             steps_per_epoch=steps_per_epoch if repeated else None,
             validation_data=val_ds,
@@ -245,6 +261,38 @@ def fit_phases(
             verbose=verbose,
         )
         model.save_weights(str(done))
+
+
+def distiller(student, teacher, cfg: TrainConfig):
+    """The Keras distillation model of one phase: `student` trained toward labels and `teacher`."""
+    from edgecls.distill import Distiller
+
+    return Distiller(student, teacher, alpha=cfg.distill_alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
+
+
+def load_teacher(path: str, class_names: list[str], preprocessing: str, *, trust: bool = False):
+    """The teacher run's model and what the manifest records of it.
+
+    Raises:
+        RunError: not a finished run. IntegrityError: its model file changed or would run code.
+        ConfigError: its classes or its preprocessing differ from the student's.
+    """
+    teacher_run = RunDir(path)
+    record = teacher_run.finetune_record()
+    if list(record.class_names) != list(class_names):
+        raise ConfigError(
+            f"the teacher {path} was trained on other classes ({', '.join(record.class_names[:4])}, ...) than this data"
+            f" ({', '.join(class_names[:4])}, ...): a teacher must know the same classes, in the same order."
+        )
+    if record.preprocessing != preprocessing:
+        raise ConfigError(
+            f"the teacher {path} takes `{record.preprocessing}` preprocessing and this model `{preprocessing}`: both see the"
+            " same batches, so choose a teacher of the same preprocessing family."
+        )
+    model, _ = teacher_run.load_model("finetune", trust=trust)
+    info = {"run": str(teacher_run.path), "model_sha256": teacher_run.model_sha256("finetune"),
+            "input_size": record.input_size}  # fmt: skip
+    return model, info
 
 
 def history_summary(rows: list[dict[str, float]], images_per_epoch: int) -> dict[str, Any]:
@@ -360,12 +408,17 @@ def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, 
             weights=cfg.model.weights,
             dropout=cfg.model.dropout,
         )
+        teacher, teacher_info = (None, None)
+        if cfg.train.teacher:
+            teacher, teacher_info = load_teacher(cfg.train.teacher, dataset.class_names, preprocessing)
+            teacher_info.update(alpha=cfg.train.distill_alpha, temperature=cfg.train.temperature)
     if not resume:
         run.create(force=force)
         atomic_write_text(run.file("config.yaml"), cfg.to_yaml() + _placement_note(cfg, placement))
     try:
-        model = _train(model, scale_for_replicas(cfg, placement.replicas), run, dataset, preprocessing, placement, callbacks)
-        return _finish_run(model, cfg, run, dataset, preprocessing, weights_info, placement)
+        scaled = scale_for_replicas(cfg, placement.replicas)
+        model = _train(model, scaled, run, dataset, preprocessing, placement, callbacks, teacher)
+        return _finish_run(model, cfg, run, dataset, preprocessing, weights_info, placement, teacher_info)
     except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError) as exc:
         if placement.kind != "multi-worker":
             raise
@@ -386,7 +439,7 @@ def _placement_note(cfg: EdgeConfig, placement: Placement) -> str:
             f" (scaled by the replica count)\n")  # fmt: skip
 
 
-def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, placement: Placement, callbacks):
+def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, placement: Placement, callbacks, teacher=None):
     """Fit every phase on the placement's devices; returns the trained model (a plain copy when distributed)."""
     from edgecls.data.pipeline import eval_dataset, training_dataset
 
@@ -416,7 +469,8 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
         train_ds = shard_for_workers(train_ds.repeat(), by_data=True)
         val_ds = None if val_ds is None else shard_for_workers(val_ds, by_data=False)  # each worker: all of it
     keep_best = KeepBest() if multi_worker else None
-    fit_phases(model, cfg, run, train_ds, val_ds, steps_per_epoch, callbacks, repeated=multi_worker, keep_best=keep_best)
+    fit_phases(model, cfg, run, train_ds, val_ds, steps_per_epoch, callbacks, repeated=multi_worker, keep_best=keep_best,
+               teacher=teacher)  # fmt: skip
     if keep_best is None:
         finish_training(model, run, has_val)
     elif keep_best.weights is not None:
@@ -428,7 +482,7 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
     return plain
 
 
-def _finish_run(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, weights_info, placement: Placement):
+def _finish_run(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, weights_info, placement: Placement, teacher_info):
     """Evaluate on the test split, save the model and metrics, and record the finetune stage."""
     from edgecls.metrics import evaluate_model
     from edgecls.models.stats import model_stats
@@ -455,7 +509,11 @@ def _finish_run(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str
     return run.record_stage(
         "finetune",
         seed=cfg.run.seed,
-        inputs={**_stage_inputs(cfg, dataset, weights_info, preprocessing), "placement": placement.describe()},
+        inputs={
+            **_stage_inputs(cfg, dataset, weights_info, preprocessing),
+            "placement": placement.describe(),
+            "teacher": teacher_info,
+        },  # fmt: skip
         outputs=outputs,
         metrics={
             k: metrics[k]

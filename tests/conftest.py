@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,21 @@ def tiny_exported_run(tmp_path_factory):
     run = finetune_tiny(tmp_path_factory.mktemp("tiny_exported"))
     run_export(run, ExportConfig(calibration_samples=12, check_per_class=6))
     return run
+
+
+def cifar_folder(archive: Path, root: Path, train: int, test: int) -> Path:
+    """A real image folder: the first `train`/`test` JPEGs of each CIFAR-10 class from the shared archive."""
+    kept: dict[tuple[str, str], int] = {}
+    with tarfile.open(archive) as source:
+        for member in source:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) < 3:
+                continue
+            split, label = parts[-3], parts[-2]
+            if kept.get((split, label), 0) >= (train if split == "train" else test):
+                continue
+            kept[split, label] = kept.get((split, label), 0) + 1
+            target = root / split / label / parts[-1]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.extractfile(member).read())
+    return root

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from edgecls.bench.fleet import Device, bench_devices
-from edgecls.bench.peak import compute_bound_ms, peak_macs_per_second, write_gemm_files
+from edgecls.bench.peak import compute_bound_ms, gemm_files, peak_macs_per_second
 from edgecls.bench.ssh import SSHDevice, Target
 from edgecls.config import BenchConfig
 from edgecls.devices import DeviceProfile, load_profile
@@ -269,7 +269,7 @@ def run_bench(
         scratch = Path(scratch)
         if parity_set is not None:
             np.save(scratch / "images.npy", parity_set[0])
-        gemm = write_gemm_files(scratch)
+        gemm = gemm_files(scratch)
 
         def measure(device: Device) -> dict[str, Any]:
             return measure_device(device, cfg, run, measurable, unmeasured, parity_set, scratch, gemm)

@@ -40,16 +40,34 @@ def gemm_tflite(precision: str) -> bytes:
     return converter.convert()
 
 
-def write_gemm_files(folder: Path) -> dict[str, Path]:
-    """`gemm_fp32.tflite` and `gemm_int8.tflite` in `folder`, by precision."""
-    from edgecls.console import quiet_native
+def gemm_files(scratch: Path) -> dict[str, Path]:
+    """`gemm_fp32.tflite` and `gemm_int8.tflite` by precision: converted once per TensorFlow version and kept in
+    the user's cache (`$XDG_CACHE_HOME/edgecls/gemm`), or in `scratch` when the cache cannot be written."""
+    import tensorflow as tf
 
+    from edgecls.console import quiet_native
+    from edgecls.data.stream import default_cache_dir
+    from edgecls.errors import RunError
+    from edgecls.run import atomic_write_bytes
+
+    folder = default_cache_dir() / "gemm" / f"tf{tf.__version__}-{ROWS}x{DEPTH}x{COLUMNS}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = scratch
     paths = {}
     for precision in ("fp32", "int8"):
         paths[precision] = folder / f"gemm_{precision}.tflite"
+        if paths[precision].is_file():
+            continue
         with quiet_native(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Statistics for quantized inputs were expected": a GEMM needs none
-            paths[precision].write_bytes(gemm_tflite(precision))
+            data = gemm_tflite(precision)
+        try:
+            atomic_write_bytes(paths[precision], data)
+        except (OSError, RunError):
+            paths[precision] = scratch / paths[precision].name
+            paths[precision].write_bytes(data)
     return paths
 
 
@@ -66,4 +84,4 @@ def compute_bound_ms(macs: int | None, peak: float | None, p50_ms: float) -> flo
     return bound if bound <= p50_ms else None
 
 
-__all__ = ["GEMM_MACS", "compute_bound_ms", "gemm_tflite", "peak_macs_per_second", "write_gemm_files"]
+__all__ = ["GEMM_MACS", "compute_bound_ms", "gemm_files", "gemm_tflite", "peak_macs_per_second"]

@@ -17,6 +17,7 @@ SSH = os.environ.get("EDGECLS_TEST_SSH")
 SSH_2 = os.environ.get("EDGECLS_TEST_SSH_2")
 SSH_KEY = os.environ.get("EDGECLS_TEST_SSH_KEY")
 KNOWN_HOSTS = os.environ.get("EDGECLS_TEST_SSH_KNOWN_HOSTS")
+QUICK = ["--windows", "1", "--window-seconds", "0", "--runs", "3"]  # the method's arithmetic is tested in test_host_bench
 needs_sshd = pytest.mark.skipif(not SSH, reason="needs the loopback sshd that .ci/run starts (EDGECLS_TEST_SSH)")
 
 
@@ -55,7 +56,7 @@ def test_host_bench(run, capsys):
 def test_budget_exceeded_exits_1(run, tmp_path, capsys):
     profile = tmp_path / "tiny-device.yaml"
     profile.write_text("name: tiny-device\nkind: linux\nmax_p50_ms: 0.000001\nmax_model_bytes: 1000\n")
-    code, out, err = run_cli(["bench", run, "--runs", "3", "--threads", "1", "--profile", profile], capsys)
+    code, out, err = run_cli(["bench", run, *QUICK, "--threads", "1", "--profile", profile], capsys)
     assert code == 1 and "over budget of profile" in err
     checks = json.loads((run / "bench.json").read_text())["budgets"]
     assert checks and not any(check["ok"] for check in checks)
@@ -63,7 +64,7 @@ def test_budget_exceeded_exits_1(run, tmp_path, capsys):
 
 def test_recommendation_after_validate(run, capsys):
     assert run_cli(["validate", run, "--max-int8-drop", "100", "--tflm-images", "0"], capsys)[0] == 0
-    code, out, err = run_cli(["bench", run, "--runs", "3", "--threads", "1"], capsys)
+    code, out, err = run_cli(["bench", run, *QUICK, "--threads", "1"], capsys)
     assert code == 0, err
     assert json.loads((run / "bench.json").read_text())["recommendation"].startswith("finetune/model_")
 

@@ -3,32 +3,13 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import cifar_folder, run_cli
 
 pytestmark = pytest.mark.slow
-
-
-def cifar_folder(archive: Path, root: Path, train: int, test: int) -> Path:
-    """A real image folder: the first `train`/`test` JPEGs of each CIFAR-10 class from the shared archive."""
-    kept: dict[tuple[str, str], int] = {}
-    with tarfile.open(archive) as source:
-        for member in source:
-            parts = Path(member.name).parts
-            if not member.isfile() or len(parts) < 3:
-                continue
-            split, label = parts[-3], parts[-2]
-            if kept.get((split, label), 0) >= (train if split == "train" else test):
-                continue
-            kept[split, label] = kept.get((split, label), 0) + 1
-            target = root / split / label / parts[-1]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.extractfile(member).read())
-    return root
 
 
 def test_streaming_trains_like_memory_and_reuses_its_cache(tmp_path, shared_cifar, keras_home, capsys):

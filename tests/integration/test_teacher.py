@@ -1,0 +1,57 @@
+"""`edgecls finetune --teacher RUN` (issue 10): knowledge distillation from a finished run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import assert_one_error, cifar_folder, run_cli
+from edgecls.run import sha256_file
+
+pytestmark = pytest.mark.slow
+
+
+def _kernels(run) -> list[np.ndarray]:
+    import tf_keras
+
+    model = tf_keras.models.load_model(run / "model.keras", compile=False)
+    return [w for w in model.get_weights() if w.ndim == 4]
+
+
+def test_student_with_a_teacher_records_it_and_learns_differently(tmp_path, shared_cifar, capsys):
+    folder = cifar_folder(shared_cifar, tmp_path / "cifar", train=20, test=5)
+    base = ["finetune", "--data", folder, "--runs-dir", tmp_path, "--weights", "none", "--epochs", "2",
+            "--warmup-epochs", "1", "--batch-size", "16", "--seed", "1"]  # fmt: skip
+    # the teacher has another input size (48 px): the distiller resizes the batch for it
+    assert run_cli([*base, "--name", "teacher", "--input-size", "48"], capsys)[0] == 0
+    for name, extra in (("plain", []), ("student", ["--teacher", tmp_path / "teacher", "--distill-alpha", "0.3"])):
+        code, out, err = run_cli([*base, "--name", name, "--input-size", "32", *extra], capsys)
+        assert code == 0, err
+    entry = json.loads((tmp_path / "student" / "manifest.json").read_text())["stages"]["finetune"]
+    teacher = entry["inputs"]["teacher"]
+    assert teacher["model_sha256"] == sha256_file(tmp_path / "teacher" / "model.keras")
+    assert (teacher["alpha"], teacher["temperature"], teacher["input_size"]) == (0.3, 4.0, 48)
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["stages"]["finetune"]["inputs"]["teacher"] is None
+    plain, student = _kernels(tmp_path / "plain"), _kernels(tmp_path / "student")
+    assert len(plain) == len(student) and plain[0].shape == student[0].shape, "the student is a plain model"
+    assert not np.allclose(plain[-1], student[-1]), "the same start, seed and batches: only the teacher differs"
+
+    # a teacher that is not a finished run is refused before anything is written
+    code, out, err = run_cli([*base, "--data", tmp_path / "cifar", "--name", "mismatch", "--input-size", "32",
+                              "--teacher", tmp_path / "nothing-here"], capsys)  # fmt: skip
+    assert_one_error(code, err, 2, "nothing-here")
+    assert not (tmp_path / "mismatch").exists()
+
+
+def test_a_teacher_of_other_classes_is_one_clear_error(tmp_path, image_folder, shared_cifar, capsys):
+    teacher = ["finetune", "--data", image_folder, "--runs-dir", tmp_path, "--weights", "none", "--input-size", "32",
+               "--epochs", "1", "--name", "colors"]  # fmt: skip
+    assert run_cli(teacher, capsys)[0] == 0
+    folder = cifar_folder(shared_cifar, tmp_path / "cifar", train=5, test=2)
+    student = ["finetune", "--data", folder, "--runs-dir", tmp_path, "--weights", "none", "--input-size", "32",
+               "--epochs", "1", "--name", "student", "--teacher", tmp_path / "colors"]  # fmt: skip
+    code, out, err = run_cli(student, capsys)
+    assert_one_error(code, err, 2, "was trained on other classes (blue, green, red, ...)")
+    assert not (tmp_path / "student").exists()
