@@ -24,7 +24,14 @@ from common import ROOT, copy_run, git_sha, machine, run_edgecls, today, write_s
 EDGECLS = str(Path(sys.executable).with_name("edgecls"))
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unpruned": ("the fine-tuned model, no pruning", []),
-    "ch30-l1": ("30 % of the channels, L1 norm of the filters", ["--prune-channels", "0.3", "--channel-criterion", "l1"]),
+    "ch30-l1": (
+        "30 % of the channels, L1 norm of the filters, widths multiples of 8 (the default)",
+        ["--prune-channels", "0.3", "--channel-criterion", "l1"],
+    ),
+    "ch30-l1-odd": (
+        "30 %, L1, exact widths (45, 90, 179, ...)",
+        ["--prune-channels", "0.3", "--channel-criterion", "l1", "--set", "optimize.channel_round_to=1"],
+    ),
     "ch30-bn": ("30 %, BatchNorm |scale|", ["--prune-channels", "0.3", "--channel-criterion", "bn"]),
     "ch30-l1-teacher": (
         "30 %, L1, recovered by distillation from the unpruned model",

@@ -328,13 +328,16 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
     opt = cfg.optimize
     budget = fit.Budget.of(load_profile(opt.fit), flash_reserve=opt.fit_flash_reserve, ram_reserve=opt.fit_ram_reserve,
                            arena_margin=cfg.firmware.arena_margin)  # fmt: skip
-    smallest = fit.measure(model, fit.RATIOS[-1], opt.channel_criterion, budget)  # if this does not fit, nothing does
+    smallest = fit.measure(
+        model, fit.RATIOS[-1], opt.channel_criterion, budget, opt.channel_round_to
+    )  # if this does not fit, nothing does
     if not smallest.fits:
         raise StageError(
             f"no model fits `{budget.profile}`: even with {smallest.ratio:.0%} of the channels removed, {smallest.why_not}; "
             "choose a smaller input size or alpha, or a larger device."
         )
-    candidates = [fit.measure(model, ratio, opt.channel_criterion, budget) for ratio in fit.RATIOS[:-1]] + [smallest]
+    candidates = [fit.measure(model, r, opt.channel_criterion, budget, opt.channel_round_to) for r in fit.RATIOS[:-1]]
+    candidates.append(smallest)
     if data.val is None or len(data.val) == 0:
         raise StageError("`--fit` chooses by validation accuracy, and this run has no validation split (data.val_fraction 0).")
     best = None
@@ -347,7 +350,7 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
             break
         thin, widths = model, {g.producer: [g.channels, g.channels] for g in channel_groups(model)}
         if candidate.ratio > 0:
-            thin, widths = prune_channels(model, candidate.ratio, opt.channel_criterion)
+            thin, widths = prune_channels(model, candidate.ratio, opt.channel_criterion, opt.channel_round_to)
             train_batchnorm(thin)
             teacher = model if opt.channel_teacher else None
             _fit(thin, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=callbacks, teacher=teacher)
@@ -400,7 +403,7 @@ def _prune_channels(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
     _stage_dir(run, "channels", force)
     default = opt.prune_channels or 0.0
     ratios = {group.producer: default for group in channel_groups(model)} | dict(opt.channel_ratios or {})
-    thin, widths = prune_channels(model, ratios, opt.channel_criterion)
+    thin, widths = prune_channels(model, ratios, opt.channel_criterion, opt.channel_round_to)
     train_batchnorm(thin)  # each consumer now sees fewer input channels: its BatchNorm statistics must follow
     before, after = model_stats(model), model_stats(thin)
     teacher = model if opt.channel_teacher else None
@@ -409,6 +412,7 @@ def _prune_channels(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
         "parent": "finetune",
         "prune_channels": opt.prune_channels,
         "criterion": opt.channel_criterion,
+        "round_to": opt.channel_round_to,
         "teacher": "finetune" if opt.channel_teacher else None,
         "widths": widths,
         "macs": after["macs"],

@@ -97,13 +97,13 @@ def throwaway_int8(model) -> bytes:
     return convert(model, "int8", representative=representative)
 
 
-def measure(model, ratio: float, criterion: str, budget: Budget) -> Candidate:
+def measure(model, ratio: float, criterion: str, budget: Budget, round_to: int = 8) -> Candidate:
     """Cut `ratio` of the channels from `model` and measure the untrained result against `budget`."""
     from edgecls.models.stats import model_stats
     from edgecls.optimize.channels import prune_channels
     from edgecls.runtimes import measure_arena_isolated
 
-    thin = prune_channels(model, ratio, criterion)[0] if ratio > 0 else model
+    thin = prune_channels(model, ratio, criterion, round_to)[0] if ratio > 0 else model
     flatbuffer = throwaway_int8(thin)
     arena = measure_arena_isolated(flatbuffer)
     stats = model_stats(thin)

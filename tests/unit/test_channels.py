@@ -56,18 +56,20 @@ def test_removing_channels_that_contribute_nothing_keeps_the_outputs(mobilenet):
         else:
             weights[0][:, :, drop, :] = 0.0
         consumer.set_weights(weights)
-    thin, widths = prune_channels(model, 0.25, "l1")
+    thin, widths = prune_channels(model, 0.25, "l1", round_to=1)
     x = images()
     np.testing.assert_allclose(thin.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     for name, (before, after) in widths.items():
         assert after == before - len(removed[name]) and thin.get_layer(name).filters == after
 
 
-def test_shapes_follow_the_ratio(mobilenet):
-    thin, widths = prune_channels(mobilenet, 0.3, "l2")
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_shapes_follow_the_ratio(mobilenet, round_to):
+    thin, widths = prune_channels(mobilenet, 0.3, "l2", round_to)
     for group in channel_groups(mobilenet):
-        kept = kept_count(group.channels, 0.3)
-        assert kept == round(group.channels * 0.7)
+        kept = kept_count(group.channels, 0.3, round_to)
+        exact = group.channels * 0.7
+        assert kept == (round(exact) if round_to == 1 else min(group.channels, max(8, 8 * round(exact / 8))))
         assert thin.get_layer(group.producer).filters == kept
         consumer = thin.get_layer(group.consumer)
         assert consumer.get_weights()[0].shape[-2 if consumer.__class__.__name__ == "Conv2D" else 0] == kept
