@@ -135,7 +135,7 @@ def finetune(
     weights: Annotated[str | None, typer.Option(help="imagenet | none | PATH to a .h5 file.")] = None,
     strategy: Annotated[str | None, typer.Option(help="frozen | partial | full.")] = None,
     unfreeze: Annotated[int | None, typer.Option(help="Top blocks to unfreeze with partial.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Total epochs, warm-up included.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Total epochs, warm-up included (default: 10, more on small data).")] = None,
     warmup_epochs: Annotated[int | None, typer.Option(help="Head-only epochs first.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adamw | sgd.")] = None,

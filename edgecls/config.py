@@ -138,6 +138,9 @@ class ModelConfig:
             _fail("model.dropout", "in [0, 1)", self.dropout)
 
 
+DEFAULT_EPOCHS = 10  # train.epochs when unset, before the small-data step budget
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How `edgecls finetune` trains.
@@ -146,9 +149,11 @@ class TrainConfig:
         strategy: `frozen` (head only), `partial` (top `unfreeze` blocks too) or
             `full` (every layer). Defaults to `full`.
         unfreeze: Blocks to unfreeze from the top with `partial`. Defaults to 3.
-        epochs: Total epochs, warm-up included. Defaults to 10.
+        epochs: Total epochs, warm-up included. Defaults to None: 10, or more for a small data
+            set, enough for `min_steps` optimizer steps. A number given is trained exactly.
         warmup_epochs: Head-only epochs before the backbone is unfrozen
-            (`partial`/`full`). Defaults to 1 (0 for a one-epoch run).
+            (`partial`/`full`). Defaults to a tenth of the epochs, at least 1 (0 for a
+            one-epoch run).
         optimizer: `adamw` (Adam with decoupled weight decay; set `weight_decay`
             to 0 for plain Adam) or `sgd` (Nesterov momentum 0.9). Defaults to `adamw`.
         head_lr: Learning rate of the head-only phase. Defaults to 1e-2 (only the
@@ -167,6 +172,13 @@ class TrainConfig:
             The `frozen` strategy never trains them; `edgecls optimize` always freezes them.
         patience: Early-stopping patience in epochs on validation accuracy; 0
             disables. Defaults to 3.
+        min_steps: With `epochs` unset, the optimizer steps a run takes at least: a small data
+            set gets more than 10 epochs (`edgecls.train.resolve_epochs`; docs/benchmarks.md,
+            "Small data"). Defaults to 1500.
+        selection: Which epoch's weights the run keeps: `best` (validation accuracy), `last`,
+            or `auto` (`best` when the validation split holds at least 500 images, else `last`:
+            on fewer, epoch-to-epoch differences are mostly noise and selecting on them
+            over-fits the split). Early stopping only runs with `best`. Defaults to `auto`.
         distribute: `none` (one device), `mirrored` (`MirroredStrategy` on all local GPUs),
             `multi-worker` (`MultiWorkerMirroredStrategy` from `TF_CONFIG`), or `auto`
             (multi-worker with `TF_CONFIG`, mirrored with several GPUs, else none). With
@@ -180,7 +192,7 @@ class TrainConfig:
 
     strategy: Literal["frozen", "partial", "full"] = "full"
     unfreeze: int = 3
-    epochs: int = 10
+    epochs: int | None = None
     warmup_epochs: int | None = None
     optimizer: Literal["adamw", "sgd"] = "adamw"
     head_lr: float = 1e-2
@@ -190,6 +202,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     batchnorm: Literal["frozen", "train"] = "train"
     patience: int = 3
+    min_steps: int = 1500
+    selection: Literal["auto", "best", "last"] = "auto"
     distribute: Literal["auto", "none", "mirrored", "multi-worker"] = "auto"
     teacher: str | None = None
     distill_alpha: float = 0.5
@@ -200,16 +214,11 @@ class TrainConfig:
             _fail("train.distill_alpha", "in [0, 1]", self.distill_alpha)
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             _fail("train.temperature", "a positive number", self.temperature)
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             _fail("train.epochs", "a positive integer", self.epochs)
-        if self.warmup_epochs is None:
-            object.__setattr__(self, "warmup_epochs", min(1, self.epochs - 1))
-        if self.strategy != "frozen" and not 0 <= self.warmup_epochs < self.epochs:
-            _fail(
-                "train.warmup_epochs",
-                f"in [0, train.epochs) = [0, {self.epochs})",
-                self.warmup_epochs,
-            )
+        epochs = DEFAULT_EPOCHS if self.epochs is None else self.epochs
+        if self.strategy != "frozen" and self.warmup_epochs is not None and not 0 <= self.warmup_epochs < epochs:
+            _fail("train.warmup_epochs", f"in [0, train.epochs) = [0, {epochs})", self.warmup_epochs)
         if self.unfreeze < 1:
             _fail("train.unfreeze", "a positive integer", self.unfreeze)
         for key in ("head_lr", "lr"):
@@ -222,6 +231,8 @@ class TrainConfig:
             _fail("train.label_smoothing", "in [0, 1)", self.label_smoothing)
         if self.patience < 0:
             _fail("train.patience", "a non-negative integer", self.patience)
+        if self.min_steps < 0:
+            _fail("train.min_steps", "a non-negative integer", self.min_steps)
 
 
 @dataclass(frozen=True)

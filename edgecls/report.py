@@ -263,6 +263,14 @@ def _budget_items(firmware: list[FirmwareRecord], bench: BenchRecord | None) -> 
     return (items, f"budgets of {profiles[0] if profiles else 'the device'}") if items else None
 
 
+def _warmup_epochs(configured: int | None, metrics: dict[str, Any]) -> int:
+    """The head warm-up the run trained: the config's, else the one the step budget resolved (metrics.json)."""
+    if configured is not None:
+        return configured
+    resolved = metrics.get("warmup_epochs")
+    return resolved if isinstance(resolved, int) and not isinstance(resolved, bool) and resolved >= 0 else 1
+
+
 def run_report(run_path: str | Path, cfg: ReportConfig | None = None, *, trust: bool = False) -> dict[str, Any]:
     """Write `report.md`, `report.html` and `report/*.png` for a run (every finished stage is shown).
 
@@ -301,7 +309,7 @@ def run_report(run_path: str | Path, cfg: ReportConfig | None = None, *, trust: 
         sections_html.append(f"<h2>{escape_html(title)}</h2>{_html_table(header, rows)}")
 
     with staged_folder(run.inside(FIGURES)) as folder:
-        warmup = 0 if train_cfg.strategy == "frozen" else train_cfg.warmup_epochs
+        warmup = 0 if train_cfg.strategy == "frozen" else _warmup_epochs(train_cfg.warmup_epochs, metrics)
         figure("curves.png", "Training curves", lambda p: plot_curves(history, warmup, p))
         figure("confusion.png", "Confusion matrix", lambda p: plot_confusion(confusion, names, p))
         figure("per_class.png", "Per-class accuracy", lambda p: plot_per_class(metrics["per_class_accuracy"], p))

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from edgecls.config import EdgeConfig, TrainConfig
+from edgecls.config import DEFAULT_EPOCHS, EdgeConfig, TrainConfig
 from edgecls.distribute import Placement, make_placement, scale_for_replicas, shard_for_workers
 from edgecls.errors import ConfigError, StageError
 from edgecls.models.registry import HEAD_LAYERS, backbone_blocks, stem_layers
@@ -54,8 +54,40 @@ class Phase:
     strategy: str
 
 
+MIN_SELECTION_IMAGES = 500  # `selection: auto` picks the best epoch on a validation split at least this large
+
+
+def resolve_epochs(cfg: TrainConfig, steps_per_epoch: int | None = None) -> TrainConfig:
+    """`cfg` with `epochs` and `warmup_epochs` made concrete for a data set of `steps_per_epoch` steps.
+
+    Unset epochs are 10, or as many as `min_steps` optimizer steps need: 10 epochs of a
+    900-image data set are 140 steps, far too few for a network to move from its ImageNet
+    weights (docs/benchmarks.md, "Small data"). An unset warm-up is a tenth of the epochs
+    (at least 1), so the head gets the same share of a longer run.
+    """
+    epochs = cfg.epochs
+    if epochs is None:
+        epochs = DEFAULT_EPOCHS
+        if steps_per_epoch:
+            epochs = max(epochs, -(-cfg.min_steps // steps_per_epoch))
+    warmup = cfg.warmup_epochs
+    if warmup is None:
+        warmup = min(max(1, round(epochs / 10)), epochs - 1)
+    return replace(cfg, epochs=epochs, warmup_epochs=warmup)
+
+
+def resolve_selection(cfg: TrainConfig, val_images: int) -> str:
+    """`best` or `last`: which epoch's weights a run keeps (`train.selection`, `auto` by the validation size)."""
+    if val_images == 0:
+        return "last"
+    if cfg.selection != "auto":
+        return cfg.selection
+    return "best" if val_images >= MIN_SELECTION_IMAGES else "last"
+
+
 def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    """The phases `cfg` trains, in order."""
+    """The phases `cfg` trains, in order (unset epochs resolved without a step budget)."""
+    cfg = resolve_epochs(cfg)
     if cfg.strategy == "frozen":
         return [Phase("head", 0, cfg.epochs, cfg.head_lr, "frozen")]
     phases = []
@@ -179,15 +211,19 @@ class KeepBest(tf_keras.callbacks.Callback):
             self.best, self.weights = value, self.model.get_weights()
 
 
-def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, has_val: bool, last: bool, extra, keep_best=None):
-    """The Keras callbacks of one phase, in the order they must run at epoch end."""
+def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, select_best: bool, last: bool, extra, keep_best=None):
+    """The Keras callbacks of one phase, in the order they must run at epoch end.
+
+    With `select_best`, the best validation epoch's weights are kept (a file, or `keep_best`
+    in memory) and early stopping may end the last phase; otherwise the last epoch's stay.
+    """
     cb = tf_keras.callbacks
     history = read_history(run.file(HISTORY_CSV))
     best = max((row.get("val_accuracy", float("-inf")) for row in history), default=None)
     callbacks = [EpochTimer(), cb.CSVLogger(str(run.file(HISTORY_CSV)), append=True)]
-    if has_val and keep_best is not None:
+    if select_best and keep_best is not None:
         callbacks.append(keep_best)
-    elif has_val:
+    elif select_best:
         callbacks.append(
             cb.ModelCheckpoint(
                 str(run.file(BEST_WEIGHTS)),
@@ -221,6 +257,7 @@ def fit_phases(
     repeated=False,
     keep_best=None,
     teacher=None,
+    select_best: bool = True,
 ):
     """Train every phase not yet done in `run`, resuming a half-done one.
 
@@ -257,7 +294,7 @@ def fit_phases(
             validation_data=val_ds,
             initial_epoch=phase.start,
             epochs=phase.end,
-            callbacks=phase_callbacks(run, phase, cfg, val_ds is not None, last, extra, keep_best),
+            callbacks=phase_callbacks(run, phase, cfg, select_best and val_ds is not None, last, extra, keep_best),
             verbose=verbose,
         )
         model.save_weights(str(done))
@@ -337,9 +374,9 @@ def load_weights(model, path) -> None:
     model.set_weights(plain.get_weights())
 
 
-def finish_training(model, run: RunDir, has_val: bool) -> None:
-    """Load the best validation weights (if any) and drop the checkpoints."""
-    if has_val and run.file(BEST_WEIGHTS).exists():
+def finish_training(model, run: RunDir, select_best: bool) -> None:
+    """Load the best validation weights when the run selects on them (else the last epoch's stay)."""
+    if select_best and run.file(BEST_WEIGHTS).exists():
         load_weights(model, run.file(BEST_WEIGHTS))
 
 
@@ -417,8 +454,8 @@ def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, 
         atomic_write_text(run.file("config.yaml"), cfg.to_yaml() + _placement_note(cfg, placement))
     try:
         scaled = scale_for_replicas(cfg, placement.replicas)
-        model = _train(model, scaled, run, dataset, preprocessing, placement, callbacks, teacher)
-        return _finish_run(model, cfg, run, dataset, preprocessing, weights_info, placement, teacher_info)
+        model, plan = _train(model, scaled, run, dataset, preprocessing, placement, callbacks, teacher)
+        return _finish_run(model, cfg, run, dataset, preprocessing, weights_info, placement, teacher_info, plan)
     except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError) as exc:
         if placement.kind != "multi-worker":
             raise
@@ -440,7 +477,12 @@ def _placement_note(cfg: EdgeConfig, placement: Placement) -> str:
 
 
 def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, placement: Placement, callbacks, teacher=None):
-    """Fit every phase on the placement's devices; returns the trained model (a plain copy when distributed)."""
+    """Fit every phase on the placement's devices.
+
+    Returns:
+        The trained model (a plain copy when distributed) and the plan it followed
+        (`epochs_planned`, `warmup_epochs`, `steps_planned`, `selection`).
+    """
     from edgecls.data.pipeline import eval_dataset, training_dataset
 
     batch = cfg.data.batch_size  # global: per replica x replicas
@@ -464,36 +506,48 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
         )
     steps_per_epoch = -(-len(dataset.train) // batch)
     multi_worker = placement.kind == "multi-worker"
+    cfg = replace(cfg, train=resolve_epochs(cfg.train, steps_per_epoch))
+    selection = resolve_selection(cfg.train, len(dataset.val))
+    select_best = selection == "best"
+    plan = {"epochs_planned": cfg.train.epochs, "warmup_epochs": cfg.train.warmup_epochs,
+            "steps_planned": cfg.train.epochs * steps_per_epoch, "selection": selection}  # fmt: skip
     if multi_worker:  # the same number of steps on every worker: whole global batches of an endless stream
         steps_per_epoch = max(1, len(dataset.train) // batch)
         train_ds = shard_for_workers(train_ds.repeat(), by_data=True)
         val_ds = None if val_ds is None else shard_for_workers(val_ds, by_data=False)  # each worker: all of it
     keep_best = KeepBest() if multi_worker else None
     fit_phases(model, cfg, run, train_ds, val_ds, steps_per_epoch, callbacks, repeated=multi_worker, keep_best=keep_best,
-               teacher=teacher)  # fmt: skip
+               teacher=teacher, select_best=select_best)  # fmt: skip
     if keep_best is None:
-        finish_training(model, run, has_val)
+        finish_training(model, run, select_best)
     elif keep_best.weights is not None:
         model.set_weights(keep_best.weights)
     if placement.kind == "none":
-        return model
+        return model, plan
     plain = tf_keras.models.clone_model(model)  # outside the strategy: evaluated and saved by each worker alone
     plain.set_weights(model.get_weights())  # every worker reads in step (mirrored BatchNorm statistics)
-    return plain
+    return plain, plan
 
 
-def _finish_run(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, weights_info, placement: Placement, teacher_info):
-    """Evaluate on the test split, save the model and metrics, and record the finetune stage."""
+def _finish_run(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, weights_info, placement: Placement,
+                teacher_info, plan):  # fmt: skip
+    """Evaluate on the test split against the raw-pixel baseline, save the model and metrics, record the stage."""
+    from edgecls.baseline import baseline_warning, raw_pixel_baseline
     from edgecls.metrics import evaluate_model
     from edgecls.models.stats import model_stats
 
     for layer in model.layers:  # saved fully trainable: later stages choose their own
         layer.trainable = True
     metrics = evaluate_model(model, dataset.test, dataset.class_names, mode=preprocessing, batch_size=128)
+    baseline = raw_pixel_baseline(dataset.train, dataset.test, dataset.num_classes, seed=cfg.run.seed)
+    warning = baseline_warning(metrics["test_accuracy"], baseline)
     rows = write_history_json(run)
     metrics.update(
         stage="finetune",
         strategy=cfg.train.strategy,
+        **plan,
+        baseline=baseline,
+        baseline_test_accuracy=baseline.get("test_accuracy"),
         **placement.describe(),
         data_source=dataset.info["source"],
         weights=weights_info["source"],
@@ -519,13 +573,15 @@ def _finish_run(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str
             k: metrics[k]
             for k in (
                 "test_accuracy",
+                "baseline_test_accuracy",
                 "num_test_images",
                 "epochs_run",
+                "selection",
                 "best_val_accuracy",
                 "train_images_per_second",
                 "params",
                 "macs",
             )
         },
-        warnings=dataset.warnings + weights_info.get("warnings", []),
+        warnings=dataset.warnings + weights_info.get("warnings", []) + ([warning] if warning else []),
     )

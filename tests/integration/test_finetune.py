@@ -119,3 +119,25 @@ def test_imagenet_weights_beat_random_init_on_real_cifar(tmp_path, shared_cifar,
     assert accuracy["imagenet"] >= 0.45
     assert accuracy["none"] <= 0.2
     assert accuracy["imagenet"] - accuracy["none"] >= 0.3
+
+
+def test_default_epochs_follow_the_step_budget_and_the_baseline_is_recorded(tmp_path, image_folder, capsys):
+    """No --epochs: a small data set trains ceil(min_steps / steps per epoch) epochs and keeps the last one."""
+    args = ["finetune", "--data", image_folder, "--runs-dir", tmp_path, "--name", "budget", "--weights", "none",
+            "--input-size", "32", "--batch-size", "8", "--set", "train.min_steps=130"]  # fmt: skip
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    run = RunDir(tmp_path / "budget")
+    metrics = json.loads(run.file("metrics.json").read_text())
+    train_images = run.require_stage("finetune")["inputs"]["data"]["sizes"]["train"]
+    steps_per_epoch = -(-train_images // 8)
+    expected = max(10, -(-130 // steps_per_epoch))
+    assert expected > 10, "the fixture must be small enough for the budget to matter"
+    assert metrics["epochs_run"] == metrics["epochs_planned"] == expected
+    assert metrics["warmup_epochs"] == round(expected / 10)
+    assert metrics["selection"] == "last"  # a handful of validation images: no selection on them
+    assert not run.file("checkpoints").exists()
+    baseline = metrics["baseline"]
+    assert baseline["kind"] == "softmax regression on raw pixels" and baseline["train_images"] == train_images
+    assert 0.0 <= baseline["test_accuracy"] <= 1.0 and metrics["baseline_test_accuracy"] == baseline["test_accuracy"]
+    assert load_config(run.file("config.yaml")).train.epochs is None  # the saved config stays the user's

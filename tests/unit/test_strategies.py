@@ -9,7 +9,7 @@ from edgecls.config import TrainConfig
 from edgecls.errors import ConfigError
 from edgecls.models import create_model
 from edgecls.models.registry import HEAD_LAYERS, backbone_blocks
-from edgecls.train import plan_phases, set_trainable
+from edgecls.train import plan_phases, resolve_epochs, resolve_selection, set_trainable
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,29 @@ def test_phase_plan():
         ("finetune", 2, 5, 1e-4, "partial"),
     ]
     assert [p.name for p in plan_phases(TrainConfig(strategy="full", warmup_epochs=0))] == ["finetune"]
+
+
+@pytest.mark.parametrize(
+    ("given", "steps_per_epoch", "expected"),
+    [
+        ({}, None, (10, 1)),  # no data size known: the plain default
+        ({}, 704, (10, 1)),  # CIFAR-10 at batch 64: 7,040 steps already exceed the budget
+        ({}, 11, (137, 14)),  # 700 images: ceil(1500 / 11) epochs, a tenth of them warm-up
+        ({"min_steps": 100}, 3, (34, 3)),
+        ({"epochs": 3}, 11, (3, 1)),  # a number given is trained exactly
+        ({"epochs": 1}, 11, (1, 0)),
+        ({"warmup_epochs": 0}, 11, (137, 0)),
+    ],
+)
+def test_resolve_epochs_gives_small_data_its_steps(given, steps_per_epoch, expected):
+    resolved = resolve_epochs(TrainConfig(**given), steps_per_epoch)
+    assert (resolved.epochs, resolved.warmup_epochs) == expected
+
+
+@pytest.mark.parametrize(
+    ("selection", "val_images", "expected"),
+    [("auto", 0, "last"), ("auto", 68, "last"), ("auto", 499, "last"), ("auto", 500, "best"), ("best", 68, "best"),
+     ("last", 5000, "last"), ("best", 0, "last")],
+)  # fmt: skip
+def test_selection_needs_a_validation_split_large_enough(selection, val_images, expected):
+    assert resolve_selection(TrainConfig(selection=selection), val_images) == expected

@@ -1,0 +1,183 @@
+"""The model zoo (issue 10): one row per shipped config in configs/, measured by `edgecls run`.
+
+Each row is `edgecls run configs/NAME.yaml` on the full JPEG CIFAR-10 of ../shared (the only
+overrides: where the data and, for MobileNetV2, the ImageNet file are, and the runs folder),
+run one after the other on this machine. The row reads the run's manifest through edgecls'
+typed records: test accuracies of the final stage's files (float Keras, int8 TFLite, int8 ONNX;
+all 10,000 test images), int8 file size, TFLite Micro arena, MACs, host latency at 1 thread,
+and the training wall time (fine-tune epochs + the optimize stage).
+
+Usage:
+    python bench/zoo.py run NAME [NAME ...]    # e.g. raspberry-pi mcu-default (in that order: a teacher first)
+    python bench/zoo.py write                  # docs/model_zoo.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from common import CIFAR_JPEG, ROOT, SHARED, git_sha, machine, run_edgecls, today
+
+sys.path.insert(0, str(ROOT))
+from edgecls.records import bench_record, firmware_records, validation_record  # noqa: E402
+from edgecls.run import RunDir  # noqa: E402
+
+RUNS = ROOT / "bench-runs" / "zoo"
+DOC = ROOT / "docs" / "model_zoo.md"
+MNV2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_from_slim_npy.h5"
+
+# config name -> extra overrides beyond data.source and run.runs_dir (offline locations only)
+ZOO: dict[str, list[str]] = {
+    "raspberry-pi": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-128"],
+    "mcu-default": [],
+    "mcu-distilled": ["train.teacher=bench-runs/zoo/mnv2-128"],
+    "mcu-96": [],
+    "mcu-160": [],
+    "mcu-stm32f446": [],
+    "article-resnet50": [],
+}
+
+
+def command(name: str) -> list[str]:
+    """The exact `edgecls run` line of a row (paths relative to the checkout, as a user types them)."""
+    sets = [f"data.source=../shared/{CIFAR_JPEG.relative_to(SHARED).as_posix()}", "run.runs_dir=bench-runs/zoo", *ZOO[name]]
+    return ["edgecls", "run", f"configs/{name}.yaml", *[part for s in sets for part in ("--set", s)]]
+
+
+def run_row(name: str) -> None:
+    line = command(name)
+    start = time.perf_counter()
+    run_edgecls([line])
+    seconds = time.perf_counter() - start
+    info = {"command": shlex.join(line), "wall_seconds": round(seconds, 1), "commit": git_sha(), "date": today()}
+    (RUNS / f"{name}.zoo.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _finished(entry: dict) -> dt.datetime:
+    return dt.datetime.fromisoformat(entry["finished"])
+
+
+def run_folder(name: str) -> Path:
+    """The run folder of a row: `run.name` when its overrides set one, else the config's own name."""
+    names = [s.split("=", 1)[1] for s in ZOO[name] if s.startswith("run.name=")]
+    return RUNS / (names[0] if names else name)
+
+
+def measure_row(name: str) -> dict | None:
+    """What a finished run's manifest says, for the table; None if the row was not run."""
+    info_path, run = RUNS / f"{name}.zoo.json", RunDir(run_folder(name))
+    if not info_path.exists() or run.stage("finetune") is None:
+        return None
+    info = json.loads(info_path.read_text())
+    record = run.finetune_record()
+    finetune = run.require_stage("finetune")
+    metrics = json.loads(run.file("metrics.json").read_text())
+    final = next((s for s in ("pqat", "qat", "channels", "prune") if run.stage(s)), "finetune")
+    train_seconds = metrics.get("train_seconds", 0.0)
+    if final != "finetune":
+        train_seconds += (_finished(run.require_stage(final)) - _finished(finetune)).total_seconds()
+    rows = validation_record(run).rows if validation_record(run) else ()
+
+    def accuracy(runtime: str, precision: str) -> float | None:
+        return next((r.accuracy for r in rows if r.stage == final and r.runtime == runtime and r.precision == precision), None)
+
+    int8 = next((r for r in rows if r.stage == final and r.runtime == "litert" and r.precision == "int8"), None)
+    firmware = next((f for f in firmware_records(run) if f.stage == final), None)
+    bench = bench_record(run)
+    latency = None
+    if bench is not None:
+        latency = next((r.p50_ms for r in bench.rows if r.stage == final and r.precision == "int8" and r.runtime_kind == "litert"
+                        and r.threads == 1 and r.status == "pass"), None)  # fmt: skip
+    teacher = (finetune["inputs"].get("teacher") or {}).get("run")
+    return {
+        "name": name,
+        "backbone": record.backbone,
+        "alpha": record.alpha,
+        "input_size": record.input_size,
+        "strategy": metrics.get("strategy"),
+        "final_stage": final,
+        "teacher": Path(teacher).name if teacher else "",
+        "float": metrics["test_accuracy"] if final == "finetune" else accuracy("keras", "fp32") or accuracy("litert", "fp32"),
+        "int8_tflite": accuracy("litert", "int8"),
+        "int8_onnx": accuracy("onnxruntime", "int8"),
+        "int8_bytes": int8.bytes if int8 else None,
+        "arena": firmware.arena_bytes_measured if firmware else None,
+        "macs": metrics.get("macs"),
+        "latency_ms": latency,
+        "train_minutes": train_seconds / 60,
+        **info,
+    }
+
+
+def _cell(value, fmt: str) -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def write_doc() -> None:
+    measured = [row for name in ZOO if (row := measure_row(name))]
+    lines = [
+        "| config | backbone (alpha) | input | strategy → final stage | teacher | float | int8 TFLite | int8 ONNX | int8 bytes"
+        " | TFLM arena | MACs | LiteRT int8 p50 (1 thread) | training wall time |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in measured:
+        lines.append(
+            f"| [{r['name']}](../configs/{r['name']}.yaml) | {r['backbone']} ({r['alpha']:g}) | {r['input_size']} px"
+            f" | {r['strategy']} → {r['final_stage']} | {r['teacher'] or '-'} | {_cell(r['float'], '.4f')}"
+            f" | {_cell(r['int8_tflite'], '.4f')} | {_cell(r['int8_onnx'], '.4f')} | {_cell(r['int8_bytes'], ',')}"
+            f" | {_cell(r['arena'], ',')} | {_cell(r['macs'], ',')} | {_cell(r['latency_ms'], '.3f')} ms"
+            f" | {r['train_minutes']:.0f} min |"
+        )
+    commands = "\n".join(f"- {r['name']} ({r['date']}, edgecls {r['commit']}, the whole `edgecls run`"
+                         f" {r['wall_seconds'] / 60:.0f} min): `{r['command']}`" for r in measured)  # fmt: skip
+    missing = [name for name in ZOO if name not in {r["name"] for r in measured}]
+    DOC.write_text(ZOO_TEXT.format(machine=machine(), table="\n".join(lines), commands=commands,
+                                   missing=", ".join(missing) or "none") + NOTES_FILE_TEXT())  # fmt: skip
+    print(DOC.read_text())
+
+
+def NOTES_FILE_TEXT() -> str:  # noqa: N802
+    notes = RUNS / "zoo-notes.md"
+    return "\n" + notes.read_text() if notes.exists() else ""
+
+
+ZOO_TEXT = """# Model zoo
+
+One row per shipped config file in [configs/](../configs/); each was measured by running that config with `edgecls run`
+on this machine ({machine}), on the full JPEG CIFAR-10 of `../shared` (45,000 train / 5,000 validation / all 10,000 test
+images), one run at a time. Accuracies are test accuracies of the run's final stage (the QAT model where the config
+trains one); "float" is the Keras model. Training wall time = the fine-tune epochs plus the optimize stage (QAT or
+pruning), as recorded in the run. Latency: `edgecls bench` on this host, LiteRT, 1 thread, median of 5 windows.
+Reproduce a row with its command below; `python bench/zoo.py write` rebuilds this page from the run folders.
+
+{table}
+
+Commands (from the checkout, with `../shared` beside it; `data.source=cifar10` works online instead):
+
+{commands}
+
+Not measured yet: {missing}.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("run").add_argument("names", nargs="+", choices=list(ZOO))
+    sub.add_parser("write")
+    args = parser.parse_args()
+    if args.action == "write":
+        write_doc()
+        return
+    for name in args.names:
+        run_row(name)
+
+
+if __name__ == "__main__":
+    main()
