@@ -13,7 +13,6 @@ model file becomes an error message, not the end of edgecls.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecls.errors import StageError
-from edgecls.worker import OnnxModel, TFLiteModel, WorkerError, dequantize, open_model, quantize
+from edgecls.worker import OnnxModel, TFLiteModel, WorkerError, dequantize, open_model, quantize, read_answer
 
 __all__ = [
     "KerasRunner", "LatencyMethod", "OnnxModel", "TFLMRunner", "TFLiteModel", "WorkerError", "call_isolated",
@@ -172,16 +171,10 @@ def _run_worker(args: list[str], timeout: float) -> dict:
         import signal
 
         raise WorkerError(f"the runtime crashed ({signal.Signals(-done.returncode).name}) on this file")
-    lines = done.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
-    except ValueError:
-        result = {}
-    if done.returncode != 0 or "error" in result or not isinstance(result, dict):
-        detail = (result.get("error") if isinstance(result, dict) else None) or (
-            done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        )[-1]
-        raise WorkerError(detail[:300])
+    result = read_answer(done.stdout) or {}
+    if done.returncode != 0 or "error" in result:
+        detail = result.get("error") or (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise WorkerError(str(detail)[:300])
     return result
 
 

@@ -302,6 +302,22 @@ def bench(args) -> dict:
     }
 
 
+def read_answer(stdout: str) -> dict | None:
+    """The worker's answer: the JSON object on the last line of its stdout, or None when there is none.
+
+    The one parser of this protocol, for local children and SSH devices alike: a runtime may print
+    to stdout before the answer, so only the last line counts.
+    """
+    lines = stdout.strip().splitlines()
+    if not lines or not lines[-1].startswith("{"):
+        return None
+    try:
+        answer = json.loads(lines[-1])
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

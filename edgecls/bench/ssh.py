@@ -7,7 +7,6 @@ runtime, and the folder is removed afterwards.
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecls.errors import ConfigError, DeviceError
+from edgecls.worker import read_answer
 
 PACKAGE = Path(__file__).resolve().parent.parent
 WORKER = PACKAGE / "worker.py"
@@ -57,13 +57,7 @@ def _safe_name(name: str) -> bool:
 
 
 def worker_json(done: subprocess.CompletedProcess, where: str) -> dict[str, Any]:
-    lines = done.stdout.strip().splitlines()
-    try:
-        result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None
-    except ValueError:
-        result = None
-    if not isinstance(result, dict):
-        result = None
+    result = read_answer(done.stdout)
     if result and "error" in result:
         raise DeviceError(f"{where}: {result['error']}")
     if done.returncode != 0 or result is None:

@@ -7,6 +7,7 @@ import pytest
 
 from edgecls.config import BenchConfig
 from edgecls.errors import ConfigError
+from edgecls.worker import read_answer
 
 
 def test_latency_summary_is_the_median_of_window_medians():
@@ -64,3 +65,18 @@ def test_method_keys_are_checked():
     for key, value in (("windows", 0), ("window_seconds", -1.0), ("runs", 0)):
         with pytest.raises(ConfigError, match=f"bench.{key}"):
             BenchConfig(**{key: value})
+
+
+@pytest.mark.parametrize(
+    ("stdout", "expected"),
+    [
+        ('{"p50_ms": 1.5}\n', {"p50_ms": 1.5}),
+        ('INFO: Created TensorFlow Lite XNNPACK delegate\n{"error": "bad file"}\n', {"error": "bad file"}),
+        ('{"p50_ms": 1.5}\nsegfault report\n', None),  # the answer must be the last line
+        ("", None),
+        ("{not json\n", None),
+        ("[1, 2]\n", None),
+    ],
+)
+def test_worker_answer_is_the_json_object_on_the_last_line(stdout, expected):
+    assert read_answer(stdout) == expected
