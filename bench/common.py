@@ -41,15 +41,15 @@ def today() -> str:
     return dt.date.today().isoformat()
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section between `<!-- name:begin -->` and `<!-- name:end -->`, and print it."""
+def write_section(name: str, body: str, doc: Path = DOC) -> None:
+    """Replace (or append) the section between `<!-- name:begin -->` and `<!-- name:end -->` of `doc`, and print it."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\nEvery number here comes with the command that produced it.\n"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\nEvery number here comes with the command that produced it.\n"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
     print(body)
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import CIFAR_JPEG, ROOT, SHARED, git_sha, machine, run_edgecls, today
+from common import CIFAR_JPEG, ROOT, SHARED, git_sha, machine, run_edgecls, today, write_section
 
 sys.path.insert(0, str(ROOT))
 from edgecls.records import bench_record, firmware_records, validation_record  # noqa: E402
@@ -137,24 +137,19 @@ def write_doc() -> None:
     commands = "\n".join(f"- {r['name']} ({r['date']}, edgecls {r['commit']}, the whole `edgecls run`"
                          f" {r['wall_seconds'] / 60:.0f} min): `{r['command']}`" for r in measured)  # fmt: skip
     missing = [name for name in ZOO if name not in {r["name"] for r in measured}]
-    DOC.write_text(ZOO_TEXT.format(machine=machine(), table="\n".join(lines), commands=commands,
-                                   missing=", ".join(missing) or "none") + NOTES_FILE_TEXT())  # fmt: skip
-    print(DOC.read_text())
+    if not DOC.exists():
+        DOC.write_text("# Model zoo\n")
+    write_section("zoo", ZOO_TEXT.format(machine=machine(), table="\n".join(lines), commands=commands,
+                                         missing=", ".join(missing) or "none"), doc=DOC)  # fmt: skip
 
 
-def NOTES_FILE_TEXT() -> str:  # noqa: N802
-    notes = RUNS / "zoo-notes.md"
-    return "\n" + notes.read_text() if notes.exists() else ""
-
-
-ZOO_TEXT = """# Model zoo
-
-One row per shipped config file in [configs/](../configs/); each was measured by running that config with `edgecls run`
-on this machine ({machine}), on the full JPEG CIFAR-10 of `../shared` (45,000 train / 5,000 validation / all 10,000 test
-images), one run at a time. Accuracies are test accuracies of the run's final stage (the QAT model where the config
-trains one); "float" is the Keras model. Training wall time = the fine-tune epochs plus the optimize stage (QAT or
-pruning), as recorded in the run. Latency: `edgecls bench` on this host, LiteRT, 1 thread, median of 5 windows.
-Reproduce a row with its command below; `python bench/zoo.py write` rebuilds this page from the run folders.
+ZOO_TEXT = """One row per shipped config file in [configs/](../configs/); each was measured by running that config with
+`edgecls run` on this machine ({machine}), on the full JPEG CIFAR-10 of `../shared` (45,000 train / 5,000 validation /
+all 10,000 test images); the notes below say when a run shared the cores with other work. Accuracies are test
+accuracies of the run's final stage (the QAT model where the config trains one); "float" is the Keras model. Training
+wall time = the fine-tune epochs plus the optimize stage (QAT or pruning), as recorded in the run. Latency:
+`edgecls bench` on this host, LiteRT, 1 thread, median of 5 windows. Reproduce a row with its command below;
+`python bench/zoo.py write` rebuilds this section from the run folders.
 
 {table}
 

@@ -248,6 +248,19 @@ def _float_weighted_ops(interpreter) -> list[str]:
     return found
 
 
+def _input_size(flatbuffer: bytes, path: Path) -> int:
+    """The square input side of the file (a stage of `--fit` may take another size than the fine-tuned model)."""
+    from edgecls.export.tflite import input_shape
+
+    try:
+        shape = input_shape(flatbuffer)
+    except Exception as exc:  # a malformed flatbuffer: the parser raises anything from IndexError to struct.error
+        raise ConfigError(f"{path} is not a readable TFLite model ({type(exc).__name__}).") from None
+    if len(shape) != 4 or shape[1] != shape[2] or not 1 <= shape[1] <= 4096 or shape[3] != 3:
+        raise ConfigError(f"{path} takes input of shape {shape}; edgecls firmware expects [1, N, N, 3] images.")
+    return shape[1]
+
+
 def run_firmware(
     run_path: str | Path,
     cfg: FirmwareConfig | None = None,
@@ -302,8 +315,9 @@ def run_firmware(
         raise ConfigError(f"{path} is not a TFLite flatbuffer (no TFL3 identifier).")
     check_writable(run.path, "fix the run folder's permissions or free some space")
 
+    size = _input_size(flatbuffer, path)
     per_class = -(-parity_images // len(record.class_names))
-    split, _ = load_split(record.data(test_limit_per_class=per_class), record.input_size, record.seed, "test")
+    split, _ = load_split(record.data(test_limit_per_class=per_class), size, record.seed, "test")
     pick = np.arange(len(split))[:parity_images]
     floats = preprocess_numpy(split.images[pick], record.preprocessing)
     found = call_isolated(analyze, flatbuffer, floats, path.name)  # a crash is a failed stage, not a dead edgecls
@@ -320,7 +334,6 @@ def run_firmware(
         "tflm_accuracy": float(np.mean(micro.argmax(1) == split.labels[pick])),
         "litert_accuracy": float(np.mean(lite.argmax(1) == split.labels[pick])),
     }
-    size = record.input_size
     in_scale, in_zero = details["input"]["quantization"]
     info = {
         "source": str(path.relative_to(run.path)) if path.is_relative_to(run.path) else str(path),

@@ -263,6 +263,16 @@ def _budget_items(firmware: list[FirmwareRecord], bench: BenchRecord | None) -> 
     return (items, f"budgets of {profiles[0] if profiles else 'the device'}") if items else None
 
 
+def _baseline_sentence(metrics: dict[str, Any]) -> str:
+    """The raw-pixel baseline beside the model's accuracy ("" for a run made before it was recorded)."""
+    baseline = metrics.get("baseline")
+    reference = baseline.get("test_accuracy") if isinstance(baseline, dict) else None
+    if not isinstance(reference, float | int) or isinstance(reference, bool):
+        return ""
+    verdict = "beats" if metrics["test_accuracy"] > reference else "does NOT beat"
+    return f" It {verdict} a softmax regression on the raw pixels ({reference:.4f})."
+
+
 def _warmup_epochs(configured: int | None, metrics: dict[str, Any]) -> int:
     """The head warm-up the run trained: the config's, else the one the step budget resolved (metrics.json)."""
     if configured is not None:
@@ -351,6 +361,7 @@ def run_report(run_path: str | Path, cfg: ReportConfig | None = None, *, trust: 
         f"{record.backbone} (alpha {record.alpha:g}) at {record.input_size} px, {len(names)} classes; "
         f"float test accuracy {metrics['test_accuracy']:.4f} on {metrics['num_test_images']:,} images."
     )
+    intro += _baseline_sentence(metrics)
     if summary["validation_passed"] is not None:
         intro += f" Validation gate: {'passed' if summary['validation_passed'] else 'FAILED'}."
     if summary["recommendation"]:

@@ -311,3 +311,13 @@ def measure_arena(flatbuffer: bytes, upper: int = MAX_ARENA) -> int:
 def measure_arena_isolated(flatbuffer: bytes, upper: int = MAX_ARENA) -> int:
     """`measure_arena` in a spawned child: a model that crashes TFLM is a `WorkerError`, not a dead process."""
     return call_isolated(measure_arena, flatbuffer, upper)
+
+
+def measure_arenas(flatbuffers: list[bytes], upper: int = MAX_ARENA) -> list[int]:
+    """`measure_arena` of each model, in order."""
+    return [measure_arena(flatbuffer, upper) for flatbuffer in flatbuffers]
+
+
+def measure_arenas_isolated(flatbuffers: list[bytes], upper: int = MAX_ARENA) -> list[int]:
+    """`measure_arenas` in one spawned child (a search measures dozens: one process start-up, not one each)."""
+    return call_isolated(measure_arenas, flatbuffers, upper)

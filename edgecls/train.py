@@ -380,6 +380,31 @@ def finish_training(model, run: RunDir, select_best: bool) -> None:
         load_weights(model, run.file(BEST_WEIGHTS))
 
 
+def reestimate_batchnorm(model, images: np.ndarray, *, mode: str, batch_size: int = 64) -> int:
+    """Replace every BatchNorm layer's moving mean and variance by the average of its batch statistics on `images`.
+
+    The weights stay as trained; each batch runs in training mode with the momentum set so that the
+    moving averages become the running mean over the batches seen ("precise BN"). A layer's momentum
+    is restored afterwards. `images` must come in random order: batches of one class understate the
+    variance (measured on MobileNetV2: 0.9066 test accuracy from class-sorted batches, 0.9160 shuffled).
+
+    Returns:
+        The number of images used (whole batches only).
+    """
+    from edgecls.data.pipeline import preprocess_numpy
+
+    layers = [layer for layer in model.layers if isinstance(layer, tf_keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in layers]
+    batches = len(images) // batch_size
+    for index in range(batches):
+        for layer in layers:
+            layer.momentum = index / (index + 1)  # 0 first: the first batch's statistics replace the old ones
+        model(preprocess_numpy(images[index * batch_size : (index + 1) * batch_size], mode), training=True)
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+    return batches * batch_size
+
+
 def clean_checkpoints(run: RunDir) -> None:
     """Remove resume state once the run is complete: model.keras holds the result."""
     shutil.rmtree(run.file(CHECKPOINTS), ignore_errors=True)
@@ -522,11 +547,16 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
         finish_training(model, run, select_best)
     elif keep_best.weights is not None:
         model.set_weights(keep_best.weights)
-    if placement.kind == "none":
-        return model, plan
-    plain = tf_keras.models.clone_model(model)  # outside the strategy: evaluated and saved by each worker alone
-    plain.set_weights(model.get_weights())  # every worker reads in step (mirrored BatchNorm statistics)
-    return plain, plan
+    if placement.kind != "none":
+        plain = tf_keras.models.clone_model(model)  # outside the strategy: evaluated and saved by each worker alone
+        plain.set_weights(model.get_weights())  # every worker reads in step (mirrored BatchNorm statistics)
+        model = plain
+    if cfg.train.batchnorm_reestimate and hasattr(dataset.train, "images"):  # a streamed split has none in memory
+        # a random order: a folder's images come grouped by class, and one-class batches understate the variance
+        chosen = np.random.default_rng(cfg.run.seed).permutation(len(dataset.train))[: cfg.train.batchnorm_reestimate]
+        plan["batchnorm_reestimated_on"] = reestimate_batchnorm(model, dataset.train.images[chosen], mode=preprocessing,
+                                                              batch_size=cfg.data.batch_size)  # fmt: skip
+    return model, plan
 
 
 def _finish_run(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, weights_info, placement: Placement,

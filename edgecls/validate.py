@@ -174,6 +174,7 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
     """
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
+    from edgecls.models.resize import input_size_of
     from edgecls.records import exported_files
     from edgecls.runtimes import KerasRunner, WorkerError, isolated_scores, predict, tflm_scores_isolated
 
@@ -183,12 +184,22 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
     artifacts = exported_files(run, stage)
     record = run.finetune_record()
     check_writable(run.path, "fix the run folder's permissions or free some space")  # before minutes of inference
-    mode, size = record.preprocessing, record.input_size
-    test, _ = load_split(record.data(), size, record.seed, "test")
-    images = preprocess_numpy(test.images, mode)
+    mode = record.preprocessing
+    decoded: dict[int, tuple] = {}  # input size -> (test split, preprocessed images): `--fit` may change a stage's size
+
+    def test_at(size: int):
+        if size not in decoded:
+            split, _ = load_split(record.data(), size, record.seed, "test")
+            decoded[size] = (split, preprocess_numpy(split.images, mode))
+        return decoded[size]
+
     references: dict[str, np.ndarray] = {}
+    sizes: dict[str, int] = {}
     for source in sorted({a.source_stage for a in artifacts}):
-        references[source] = predict(KerasRunner(run.load_model(source, trust=trust)[0]), images, batch_size=256)
+        model = run.load_model(source, trust=trust)[0]
+        sizes[source] = input_size_of(model)
+        references[source] = predict(KerasRunner(model), test_at(sizes[source])[1], batch_size=256)
+    test = test_at(record.input_size)[0]  # the same images and labels at every size
     classes = len(record.class_names)
     per_class = [np.flatnonzero(test.labels == c)[: max(1, tflm_images // classes)] for c in range(classes)]
     per_class = np.concatenate(per_class)
@@ -197,6 +208,7 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
     rows = []
     for artifact in artifacts:
         reference = references[artifact.source_stage]
+        test, images = test_at(sizes[artifact.source_stage])
         keras_acc = float(np.mean(reference.argmax(1) == test.labels))
         runtime = "litert" if artifact.format == "tflite" else "onnxruntime"
         problem = artifact.problem() or verify_model_file(artifact.path)

@@ -25,6 +25,7 @@ from edgecls import __version__
 from edgecls.config import ExportConfig
 from edgecls.console import quiet_native
 from edgecls.errors import ConfigError, RunError
+from edgecls.models.resize import input_size_of
 from edgecls.records import optimize_record
 from edgecls.run import FinetuneRecord, RunDir, atomic_write_json, atomic_write_text, sha256_file, staged_folder
 
@@ -55,7 +56,7 @@ def choose_exported_stage(run: RunDir, requested: str | None) -> str:
     return exported[0]
 
 
-def validation_sample(record: FinetuneRecord, per_class: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_sample(record: FinetuneRecord, per_class: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """At most `per_class` validation images a class (uint8) and their labels: what the int8 drop is measured on.
 
     Raises:
@@ -64,7 +65,7 @@ def validation_sample(record: FinetuneRecord, per_class: int) -> tuple[np.ndarra
     from edgecls.data import load_split
     from edgecls.errors import DataError
 
-    split, _ = load_split(record.data(), record.input_size, record.seed, "val")
+    split, _ = load_split(record.data(), size, record.seed, "val")
     if len(split) == 0:
         raise DataError("the int8 fallback measures accuracy on the validation split, and this run has none "
                         "(data.val_fraction 0); fine-tune with a validation split.")  # fmt: skip
@@ -85,10 +86,10 @@ def int8_context(run: RunDir, stage: str, cfg: ExportConfig, scratch: Path, *, t
     if granularity not in ("per-channel", "per-tensor"):
         raise RunError(f"the `export/{stage}` entry of {run.manifest_path} is not shaped as edgecls writes it.")
     manifest_path = run.inside(f"export/{stage}/calibration.json")
-    calibration = load_calibration(read_manifest(manifest_path), input_size=record.input_size)
     model = run.load_model(stage, trust=trust)[0]
+    calibration = load_calibration(read_manifest(manifest_path), input_size=input_size_of(model))
     fp32 = scratch / "model_fp32.onnx"
-    fp32.write_bytes(onnx_export.convert(model, record.input_size).SerializeToString())
+    fp32.write_bytes(onnx_export.convert(model, input_size_of(model)).SerializeToString())
     ctx = Int8Debug(  # ranking only: no validation images (a run without a validation split can be inspected)
         model=model, calibration=preprocess_numpy(calibration, record.preprocessing), per_tensor=granularity == "per-tensor",
         fp32_onnx=fp32, val_images=np.zeros((0,)), val_labels=np.zeros((0,)),
@@ -101,13 +102,13 @@ def _float_parent(run: RunDir, stage: str) -> str:
     return optimize_record(run, stage).parent if stage in QAT_STAGES else stage
 
 
-def _metadata(record: FinetuneRecord, precision: str, source_stage: str) -> dict[str, Any]:
+def _metadata(record: FinetuneRecord, precision: str, source_stage: str, size: int) -> dict[str, Any]:
     from edgecls.preprocessing import describe
 
     normalization = describe(record.preprocessing)
     return {
         "labels": list(record.class_names),
-        "input_size": record.input_size,
+        "input_size": size,
         "input_layout": "NHWC RGB, pixel values 0-255 before normalization",
         "normalization": normalization,
         "backbone": record.backbone,
@@ -118,10 +119,11 @@ def _metadata(record: FinetuneRecord, precision: str, source_stage: str) -> dict
     }
 
 
-def _calibration(run: RunDir, cfg: ExportConfig, record: FinetuneRecord) -> tuple[np.ndarray, dict[str, Any]]:
+def _calibration(cfg: ExportConfig, record: FinetuneRecord, size: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The calibration images at the exported model's input `size`: `cfg.calibration`'s set, else a fresh one."""
     from edgecls.calibration import build_calibration, load_calibration, read_manifest
 
-    size, source = record.input_size, record.data_config["source"]
+    source = record.data_config["source"]
     if cfg.calibration is not None:
         manifest = read_manifest(cfg.calibration)
         fallback = source if not Path(manifest["source"]).exists() else None
@@ -232,16 +234,17 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, 
     if run.stage(key) is not None and not force:
         raise RunError(f"run {run.path} already exported `{stage}`; pass `--force` to export it again.")
     record = run.finetune_record()
-    size, mode = record.input_size, record.preprocessing
+    mode = record.preprocessing
     qat = stage in QAT_STAGES
     granularity = resolve_granularity(run, stage, cfg.granularity)
     plan = _plan(cfg)
     models = {stage: run.load_model(stage, trust=trust)[0]}
+    size = input_size_of(models[stage])  # a stage of `--fit` may take another size than the fine-tuned model
     parent = _float_parent(run, stage)
     if qat and any(p != "int8" for _, p in plan):
         models[parent] = run.load_model(parent, trust=trust)[0]
     needs_calibration = any(p == "int8" for _, p in plan) and not qat  # QAT int8 keeps its learned ranges
-    calibration, manifest = _calibration(run, cfg, record) if needs_calibration else (None, None)
+    calibration, manifest = _calibration(cfg, record, size) if needs_calibration else (None, None)
     calibration_float = None if calibration is None else preprocess_numpy(calibration, mode)
 
     def representative():
@@ -270,7 +273,7 @@ def run_export(run_path: str | Path, cfg: ExportConfig, *, force: bool = False, 
         for fmt, precision in plan:
             source_stage = stage if (precision == "int8" or not qat) else parent
             model = models[source_stage]
-            meta = _metadata(record, precision, source_stage)
+            meta = _metadata(record, precision, source_stage, size)
             fake_quant = qat and source_stage == stage
             name = _export_one(
                 fmt, precision, model, fake_quant, tmp, cfg, representative, calibration_float, meta, size,
@@ -324,7 +327,8 @@ def _int8_debug(record: FinetuneRecord, model, calibration: np.ndarray, granular
     from edgecls.export.inspect import Int8Debug
 
     fixing = cfg.fallback == "auto" or bool(cfg.float_layers)
-    images, labels = validation_sample(record, cfg.fallback_per_class) if fixing else (np.zeros((0,)), np.zeros((0,)))
+    images, labels = (validation_sample(record, cfg.fallback_per_class, input_size_of(model)) if fixing
+                      else (np.zeros((0,)), np.zeros((0,))))  # fmt: skip
     return Int8Debug(
         model=model, calibration=calibration, per_tensor=granularity == "per-tensor", fp32_onnx=folder / FP32_ONNX_SCRATCH,
         val_images=preprocess_numpy(images, record.preprocessing) if fixing else images, val_labels=labels,

@@ -116,6 +116,15 @@ def read_metadata(flatbuffer: bytes) -> dict[str, Any] | None:
     return None
 
 
+def input_shape(flatbuffer: bytes) -> list[int]:
+    """The shape of a TFLite model's first input, read from the flatbuffer (pure Python: no kernel runs)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = model.subgraphs[0]
+    return [int(d) for d in graph.tensors[graph.inputs[0]].shape]
+
+
 def describe(flatbuffer: bytes) -> dict[str, Any]:
     """I/O dtypes, op names, int8 weight granularity, and the zero fraction of the int8 weights."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType

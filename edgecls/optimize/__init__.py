@@ -310,47 +310,54 @@ def _evaluate(model, cfg: EdgeConfig, split) -> float:
     return float(np.mean(scores.argmax(1) == split.labels))
 
 
-def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, callbacks) -> tuple[Any, dict[str, Any]]:
+def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data_at, force: bool, callbacks) -> tuple[Any, dict[str, Any]]:
     """`--fit PROFILE`: measure every candidate, train the best fitting ones, keep the most accurate on validation.
 
+    Args:
+        data_at: The run's data decoded at an input size (`data_at(96)`), for candidates of another size.
+
     Returns:
-        (model, channels-stage extra); at 0 % removed the model is the fine-tuned one, which fits as is.
+        (model, channels-stage extra); at 0 % removed and the fine-tuned size, the model is the fine-tuned one.
 
     Raises:
         StageError: no candidate fits (before any training).
     """
     from edgecls.devices import load_profile
     from edgecls.errors import StageError
+    from edgecls.models.resize import input_size_of
     from edgecls.models.stats import model_stats
     from edgecls.optimize import fit
-    from edgecls.optimize.channels import channel_groups, prune_channels
 
     opt = cfg.optimize
     budget = fit.Budget.of(load_profile(opt.fit), flash_reserve=opt.fit_flash_reserve, ram_reserve=opt.fit_ram_reserve,
                            arena_margin=cfg.firmware.arena_margin)  # fmt: skip
-    smallest = fit.measure(
-        model, fit.RATIOS[-1], opt.channel_criterion, budget, opt.channel_round_to
-    )  # if this does not fit, nothing does
+    own = input_size_of(model)
+    sizes = sorted(opt.fit_input_sizes or fit.default_sizes(own), reverse=True)
+
+    def measure(ratio: float, size: int):
+        return fit.measure(model, ratio, opt.channel_criterion, budget, opt.channel_round_to, size)
+
+    smallest = measure(fit.RATIOS[-1], sizes[-1])  # if this does not fit, nothing does
     if not smallest.fits:
         raise StageError(
-            f"no model fits `{budget.profile}`: even with {smallest.ratio:.0%} of the channels removed, {smallest.why_not}; "
-            "choose a smaller input size or alpha, or a larger device."
+            f"no model fits `{budget.profile}`: even with {smallest.ratio:.0%} of the channels removed at {smallest.input_size} px,"
+            f" {smallest.why_not}; choose a smaller alpha, or a larger device."
         )
-    candidates = [fit.measure(model, r, opt.channel_criterion, budget, opt.channel_round_to) for r in fit.RATIOS[:-1]]
-    candidates.append(smallest)
-    if data.val is None or len(data.val) == 0:
+    grid = [(r, size) for size in sizes for r in fit.RATIOS if (r, size) != (fit.RATIOS[-1], sizes[-1])]
+    candidates = fit.measure_all(model, grid, opt.channel_criterion, budget, opt.channel_round_to) + [smallest]
+    if data_at(own).val is None or len(data_at(own).val) == 0:
         raise StageError("`--fit` chooses by validation accuracy, and this run has no validation split (data.val_fraction 0).")
     best = None
     fitting = fit.to_train(candidates, len(candidates))  # most MACs first
-    if fitting[0].ratio == 0:  # the fine-tuned model fits as it is: removing channels would only cost accuracy
+    if (fitting[0].ratio, fitting[0].input_size) == (0, own):  # the fine-tuned model fits as it is
         fitting = fitting[:1]
     kept = 0
     for candidate in fitting:
         if kept >= opt.fit_trials:
             break
-        thin, widths = model, {g.producer: [g.channels, g.channels] for g in channel_groups(model)}
-        if candidate.ratio > 0:
-            thin, widths = prune_channels(model, candidate.ratio, opt.channel_criterion, opt.channel_round_to)
+        data = data_at(candidate.input_size)
+        thin, widths = fit.cut(model, candidate.ratio, candidate.input_size, opt.channel_criterion, opt.channel_round_to)
+        if thin is not model:
             train_batchnorm(thin)
             teacher = model if opt.channel_teacher else None
             _fit(thin, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=callbacks, teacher=teacher)
@@ -364,7 +371,7 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
             best = (candidate, thin, widths)
     if best is None:
         raise StageError(f"no trained candidate still fits `{budget.profile}`: " + "; ".join(
-            f"{c.ratio:.0%}: {c.why_not}" for c in candidates if c.trained))  # fmt: skip
+            f"{c.ratio:.0%} at {c.input_size} px: {c.why_not}" for c in candidates if c.trained))  # fmt: skip
     chosen, thin, widths = best
     chosen.chosen = True
     folder = run.inside(f"fit/{budget.profile}")
@@ -374,11 +381,11 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
     run.record_stage(f"fit/{budget.profile}", seed=cfg.run.seed, inputs={"profile": opt.fit},
                      outputs=[f"fit/{budget.profile}/fit.json", f"fit/{budget.profile}/fit.md"],
                      metrics=fit.as_dict(candidates, budget), warnings=[])  # fmt: skip
-    _stage_dir(run, "channels", force)  # at 0 % it holds the fine-tuned model as is: it already fits
+    _stage_dir(run, "channels", force)  # at 0 % and its own size it holds the fine-tuned model: it already fits
     before, after = model_stats(model), model_stats(thin)
     extra = {
-        "parent": "finetune", "prune_channels": chosen.ratio, "criterion": opt.channel_criterion,
-        "teacher": "finetune" if opt.channel_teacher else None, "fit": budget.profile,
+        "parent": "finetune", "prune_channels": chosen.ratio, "input_size": chosen.input_size,
+        "criterion": opt.channel_criterion, "teacher": "finetune" if opt.channel_teacher else None, "fit": budget.profile,
         "widths": widths,
         "macs": after["macs"], "macs_before": before["macs"], "params": after["params"], "params_before": before["params"],
     }  # fmt: skip
@@ -478,7 +485,15 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
     if opt.qat:
         apply_qat(model, skip_unsupported=opt.skip_unsupported)  # fail early on unsupported layers
     data_cfg = dataclasses.replace(cfg.data, limit_per_class=opt.limit_per_class or cfg.data.limit_per_class)
-    data = load_dataset(data_cfg, cfg.model.input_size, cfg.run.seed)
+    decoded = {}
+
+    def data_at(size: int):
+        """The run's data at an input size, decoded once (`--fit` may choose another size than the fine-tuned one)."""
+        if size not in decoded:
+            decoded[size] = load_dataset(data_cfg, size, cfg.run.seed)
+        return decoded[size]
+
+    data = data_at(cfg.model.input_size)
     dense = kernel_sparsity(model, opt.prune_layers)
     dense_gzip = gzip_bytes(model)
     entries, parent, parent_name = [], model, "finetune"
@@ -506,7 +521,10 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
 
     if prunes_channels(opt) or opt.fit:
         if opt.fit:
-            parent, extra = _fit_to_profile(run, model, cfg, data, force, callbacks)
+            parent, extra = _fit_to_profile(run, model, cfg, data_at, force, callbacks)
+            data = data_at(extra["input_size"])  # the chosen model's size: its test metrics and QAT use it
+            decoded.clear()  # the other sizes' images are no longer needed
+            decoded[extra["input_size"]] = data
         else:
             parent, extra = _prune_channels(run, model, cfg, data, force, callbacks)
         entries.append(_finish(run, "channels", parent, cfg, data, extra, data.warnings))

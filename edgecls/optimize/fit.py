@@ -1,7 +1,8 @@
 """`--fit PROFILE`: the most accurate channel-pruned model whose int8 file and TFLite Micro arena fit a device.
 
-The search measures instead of estimating: every candidate share of removed channels is
-cut from the fine-tuned model (untrained), converted to int8 by `TFLiteConverter` (a
+The search measures instead of estimating: every candidate (a share of removed channels at an
+input size) is cut from the fine-tuned model (untrained; a convolutional network with global
+pooling takes its weights at any input size), converted to int8 by `TFLiteConverter` (a
 throwaway conversion on random inputs: sizes and the arena do not depend on the
 calibration values), and its arena measured by the TFLite Micro interpreter in a child
 process. Candidates whose file exceeds the flash budget, or whose arena with the firmware
@@ -30,9 +31,10 @@ METADATA_ALLOWANCE = 4096  # bytes the export adds to the file (labels, normaliz
 
 @dataclass
 class Candidate:
-    """One point of the search: a share of removed channels and what it measured."""
+    """One point of the search: a share of removed channels at an input size, and what it measured."""
 
     ratio: float
+    input_size: int
     macs: int
     params: int
     int8_bytes: int
@@ -97,18 +99,53 @@ def throwaway_int8(model) -> bytes:
     return convert(model, "int8", representative=representative)
 
 
-def measure(model, ratio: float, criterion: str, budget: Budget, round_to: int = 8) -> Candidate:
-    """Cut `ratio` of the channels from `model` and measure the untrained result against `budget`."""
-    from edgecls.models.stats import model_stats
-    from edgecls.optimize.channels import prune_channels
-    from edgecls.runtimes import measure_arena_isolated
+def default_sizes(size: int) -> tuple[int, ...]:
+    """The fine-tuned size and 7/8 and 3/4 of it, in multiples of 8, largest first (128: 128, 112, 96)."""
+    return tuple(dict.fromkeys(max(32, 8 * round(size * share / 8)) for share in (1.0, 7 / 8, 3 / 4)))
 
-    thin = prune_channels(model, ratio, criterion, round_to)[0] if ratio > 0 else model
-    flatbuffer = throwaway_int8(thin)
-    arena = measure_arena_isolated(flatbuffer)
-    stats = model_stats(thin)
-    with_margin, why_not = budget.judge(len(flatbuffer), arena)
-    return Candidate(ratio, stats["macs"], stats["params"], len(flatbuffer), arena, with_margin, not why_not, why_not)
+
+def cut(model, ratio: float, size: int, criterion: str, round_to: int = 8):
+    """`model` without `ratio` of its channels, at input `size` (the model itself at 0 % and its own size).
+
+    Returns:
+        (model, {producer: [channels before, channels after]}).
+    """
+    from edgecls.models.resize import with_input_size
+    from edgecls.optimize.channels import channel_groups, prune_channels
+
+    if ratio > 0:
+        thin, widths = prune_channels(model, ratio, criterion, round_to)
+    else:
+        thin, widths = model, {g.producer: [g.channels, g.channels] for g in channel_groups(model)}
+    return with_input_size(thin, size), widths
+
+
+def measure_all(model, grid: list[tuple[float, int]], criterion: str, budget: Budget, round_to: int = 8) -> list[Candidate]:
+    """Cut each (share of channels, input size) of `grid` from `model` and measure the untrained results against `budget`.
+
+    The conversions run here; the arenas are measured by TFLite Micro in one child process for all.
+    """
+    from edgecls.models.stats import model_stats
+    from edgecls.runtimes import measure_arenas_isolated
+
+    flatbuffers, stats = [], []
+    for ratio, size in grid:
+        thin = cut(model, ratio, size, criterion, round_to)[0]
+        flatbuffers.append(throwaway_int8(thin))
+        stats.append(model_stats(thin))
+    candidates = []
+    for (ratio, size), flatbuffer, stat, arena in zip(grid, flatbuffers, stats, measure_arenas_isolated(flatbuffers), strict=True):
+        with_margin, why_not = budget.judge(len(flatbuffer), arena)
+        candidates.append(Candidate(ratio, size, stat["macs"], stat["params"], len(flatbuffer), arena, with_margin, not why_not,
+                                    why_not))  # fmt: skip
+    return candidates
+
+
+def measure(model, ratio: float, criterion: str, budget: Budget, round_to: int = 8, size: int | None = None) -> Candidate:
+    """Cut `ratio` of the channels from `model`, at input `size` (default its own), and measure the untrained result."""
+    from edgecls.models.resize import input_size_of
+
+    return measure_all(model, [(ratio, size or input_size_of(model))], criterion, budget, round_to)[0]
 
 
 def remeasure(candidate: Candidate, trained, budget: Budget) -> None:
@@ -136,15 +173,16 @@ def table(candidates: list[Candidate], budget: Budget) -> str:
         f"Arena RAM: {budget.ram_bytes:,} B minus {budget.ram_reserve:,} B reserve = {budget.arena_ram:,} B; "
         f"arena margin {budget.arena_margin:.0%}.",
         "",
-        "| channels removed | MACs | params | int8 bytes | arena (measured) | arena + margin | fits | val accuracy | chosen |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---|",
+        "| channels removed | input | MACs | params | int8 bytes | arena (measured) | arena + margin | fits | val accuracy"
+        " | chosen |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for c in candidates:
         fits = "yes" if c.fits else f"no: {c.why_not}"
         accuracy = "" if c.val_accuracy is None else f"{c.val_accuracy:.4f}"
         lines.append(
-            f"| {c.ratio:.0%} | {c.macs:,} | {c.params:,} | {c.int8_bytes:,} | {c.arena_bytes:,} | {c.arena_with_margin:,} "
-            f"| {fits} | {accuracy} | {'yes' if c.chosen else ''} |"
+            f"| {c.ratio:.0%} | {c.input_size} px | {c.macs:,} | {c.params:,} | {c.int8_bytes:,} | {c.arena_bytes:,}"
+            f" | {c.arena_with_margin:,} | {fits} | {accuracy} | {'yes' if c.chosen else ''} |"
         )
     return "\n".join(lines) + "\n"
 

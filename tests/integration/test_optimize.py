@@ -296,3 +296,44 @@ def test_fit_chooses_a_fitting_share_by_validation_accuracy(run_copy, tmp_path, 
     code, out, err = run_cli(["export", run_copy, "--int8", "--format", "tflite", "--set", "export.calibration_samples=12"], capsys)
     assert code == 0, out + err
     assert (run_copy / "export/channels/model_int8.tflite").stat().st_size <= flash
+
+
+def test_fit_searches_the_input_size_and_every_later_stage_takes_it(tmp_path, capsys):
+    """A 48 px run fitted at 40 px (`optimize.fit_input_sizes`): the RAM budget is the 40 px copy's own arena, so
+    `--fit` keeps every channel (the most MACs that fit) at 40 px, and export, validate and firmware work on it."""
+    from edgecls.devices import DeviceProfile
+    from edgecls.optimize import fit
+
+    run_path = finetune_tiny(tmp_path, train=16, test=4, **{"model.input_size": 48, "train.strategy": "frozen", "train.epochs": 1})
+    model = RunDir(run_path).load_model("finetune")[0]
+    roomy = fit.Budget.of(DeviceProfile(name="roomy", kind="mcu", flash_bytes=1 << 30, ram_bytes=1 << 30),
+                          flash_reserve=0, ram_reserve=0, arena_margin=0.1)  # fmt: skip
+    at_40 = fit.measure(model, 0.0, "l1", roomy, size=40)
+    profile = tmp_path / "ram-mcu.yaml"
+    profile.write_text(f"name: ram-mcu\nkind: mcu\nflash_bytes: 1048576\nram_bytes: {at_40.arena_with_margin}\n")
+    args = ["optimize", run_path, "--fit", profile, "--epochs", "1", "--set", "optimize.fit_ram_reserve=0",
+            "--set", "optimize.fit_input_sizes=40", "--set", "optimize.fit_trials=1"]  # fmt: skip
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, out + err
+    candidates = json.loads((run_path / "fit/ram-mcu/fit.json").read_text())["candidates"]
+    assert len(candidates) == 8 and {c["input_size"] for c in candidates} == {40}
+    (chosen,) = [c for c in candidates if c["chosen"]]
+    assert (chosen["ratio"], chosen["input_size"], chosen["arena_bytes"]) == (0.0, 40, at_40.arena_bytes)
+    run = RunDir(run_path)
+    assert run.stage("channels")["metrics"]["input_size"] == 40
+    assert run.load_model("channels")[0].input_shape == (None, 40, 40, 3)
+
+    code, out, err = run_cli(["export", run_path, "--int8", "--format", "tflite", "--set", "export.calibration_samples=12"], capsys)
+    assert code == 0, out + err
+    from edgecls.export.tflite import input_shape, read_metadata
+
+    flatbuffer = (run_path / "export/channels/model_int8.tflite").read_bytes()
+    assert input_shape(flatbuffer) == [1, 40, 40, 3] and read_metadata(flatbuffer)["input_size"] == 40
+    code, out, err = run_cli(["validate", run_path, "--tflm-images", "4", "--max-int8-drop", "100"], capsys)
+    assert code == 0, out + err
+    rows = json.loads((run_path / "validate.json").read_text())["rows"]
+    assert {r["runtime"] for r in rows} == {"litert", "tflite-micro"} and all(r["status"] == "pass" for r in rows)
+    code, out, err = run_cli(["firmware", run_path, "--device", str(profile)], capsys)
+    assert code == 0, out + err
+    headers = [p.read_text() for p in (run_path / "firmware/channels").rglob("*.h")]
+    assert any("kInputHeight = 40;" in text for text in headers)

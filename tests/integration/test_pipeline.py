@@ -100,6 +100,9 @@ def test_report_shows_every_stage(pipeline_run):
     assert any(f"<td>{names[t]}</td><td>{names[p]}</td><td>{top}</td>" in html for t, p in tied)
     markdown = (run / "report.md").read_text()
     assert all(f"report/{name}" in markdown for name in figures)
+    baseline = metrics["baseline"]["test_accuracy"]
+    verdict = "beats" if metrics["test_accuracy"] > baseline else "does NOT beat"
+    assert f"It {verdict} a softmax regression on the raw pixels ({baseline:.4f})." in html
 
 
 def test_second_identical_run_skips_every_stage(pipeline_run, capsys):

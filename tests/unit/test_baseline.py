@@ -28,6 +28,7 @@ def test_pixel_features_area_average_to_32_pixels():
     assert rows.shape == (2, 32 * 32 * 3) and rows.dtype == np.float32
     assert rows[0].max() == 0.0
     assert rows[1].reshape(32, 32, 3)[:16].min() == 1.0 and rows[1].reshape(32, 32, 3)[16:].max() == 0.0
+    np.testing.assert_array_equal(pixel_features(images, 32, chunk=1), rows)  # shrunk in chunks: the same rows
 
 
 def test_baseline_separates_a_linearly_separable_set():

@@ -91,3 +91,25 @@ def test_resolve_epochs_gives_small_data_its_steps(given, steps_per_epoch, expec
 )  # fmt: skip
 def test_selection_needs_a_validation_split_large_enough(selection, val_images, expected):
     assert resolve_selection(TrainConfig(selection=selection), val_images) == expected
+
+
+def test_reestimated_batchnorm_holds_the_mean_of_its_batch_statistics():
+    """One BatchNorm on the input: its new moving mean is the mean pixel (after preprocessing) of the images used,
+    its moving variance the mean of the per-batch (unbiased) variances; the momentum is restored."""
+    import numpy as np
+    import tf_keras
+
+    from edgecls.data.pipeline import preprocess_numpy
+    from edgecls.train import reestimate_batchnorm
+
+    inputs = tf_keras.Input((4, 4, 3))
+    norm = tf_keras.layers.BatchNormalization(momentum=0.999)
+    model = tf_keras.Model(inputs, tf_keras.layers.GlobalAveragePooling2D()(norm(inputs)))
+    images = np.random.default_rng(0).integers(0, 256, (70, 4, 4, 3)).astype(np.uint8)
+    used = reestimate_batchnorm(model, images, mode="tf", batch_size=16)
+    assert used == 64  # whole batches only
+    pixels = preprocess_numpy(images[:64], "tf").reshape(4, 16 * 16, 3)  # 4 batches of 16 images x 16 pixels
+    np.testing.assert_allclose(norm.moving_mean.numpy(), pixels.mean(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+    unbiased = pixels.var(axis=1, ddof=1).mean(axis=0)  # Keras keeps the unbiased batch variance
+    np.testing.assert_allclose(norm.moving_variance.numpy(), unbiased, rtol=1e-4)
+    assert norm.momentum == 0.999
