@@ -333,11 +333,8 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data_at, force: bool, c
                            arena_margin=cfg.firmware.arena_margin)  # fmt: skip
     own = input_size_of(model)
     sizes = sorted(opt.fit_input_sizes or fit.default_sizes(own), reverse=True)
-
-    def measure(ratio: float, size: int):
-        return fit.measure(model, ratio, opt.channel_criterion, budget, opt.channel_round_to, size)
-
-    smallest = measure(fit.RATIOS[-1], sizes[-1])  # if this does not fit, nothing does
+    smallest = fit.measure(model, fit.RATIOS[-1], opt.channel_criterion, budget, opt.channel_round_to, sizes[-1])
+    # if that does not fit, nothing does
     if not smallest.fits:
         raise StageError(
             f"no model fits `{budget.profile}`: even with {smallest.ratio:.0%} of the channels removed at {smallest.input_size} px,"

@@ -125,12 +125,15 @@ def measure_all(model, grid: list[tuple[float, int]], criterion: str, budget: Bu
 
     The conversions run here; the arenas are measured by TFLite Micro in one child process for all.
     """
+    from edgecls.models.resize import input_size_of, with_input_size
     from edgecls.models.stats import model_stats
     from edgecls.runtimes import measure_arenas_isolated
 
-    flatbuffers, stats = [], []
+    flatbuffers, stats, pruned = [], [], {}
     for ratio, size in grid:
-        thin = cut(model, ratio, size, criterion, round_to)[0]
+        if ratio not in pruned:  # the channels chosen for a share do not depend on the input size: cut once
+            pruned[ratio] = cut(model, ratio, input_size_of(model), criterion, round_to)[0]
+        thin = with_input_size(pruned[ratio], size)
         flatbuffers.append(throwaway_int8(thin))
         stats.append(model_stats(thin))
     candidates = []
