@@ -1,13 +1,15 @@
 """Channel pruning on the device (issue 12): what removing 30 % of the channels buys, and what it costs.
 
 Each variant copies a finished default-recipe run (MobileNet v1 0.25 @128 px, full JPEG CIFAR-10 of
-../shared), removes channels with `edgecls optimize --prune-channels`, recovers, exports int8
-(post-training, per-channel), validates on all 10,000 test images, measures the TFLite Micro arena
-(`edgecls firmware`) and host latency (`edgecls bench`, LiteRT, 1 thread). The unpruned baseline goes
-through the same export, firmware and bench. Run it on a quiet machine (bench times things).
+../shared) or another variant's run (BASES), removes channels with `edgecls optimize --prune-channels`,
+recovers (and quantization-aware trains, for the -qat variants), exports int8, validates on all 10,000
+test images and measures the TFLite Micro arena (`edgecls firmware`). `--latency`, on a quiet machine,
+times every finished variant: `edgecls bench` (LiteRT and ONNX Runtime, 1 thread) and TFLite Micro's
+`invoke` on this host. The unpruned baseline goes through the same export, firmware and timing.
 
 Usage:
     python bench/channels.py SOURCE_RUN [--only NAME ...] [--work bench-runs/channels]
+    python bench/channels.py --latency [--only NAME ...]
     python bench/channels.py --write [--work ...]
 """
 
@@ -22,31 +24,48 @@ from pathlib import Path
 from common import ROOT, copy_run, git_sha, machine, run_edgecls, today, write_section
 
 EDGECLS = str(Path(sys.executable).with_name("edgecls"))
+CUT30 = ["--prune-channels", "0.3"]
+OLD_RECOVERY = ["--epochs", "4", "--lr", "5e-4"]  # the recovery before 2026-11-30: magnitude pruning's schedule
+RECOVERY = ["--epochs", "10", "--lr", "2e-3"]  # the fine-tune recipe (the default since 2026-11-30)
+TEACHER = ["--set", "optimize.channel_teacher=true"]
+QAT_AFTER = ["--qat", "--qat-from", "channels", "--epochs", "2"]  # the channels stage of the base variant
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unpruned": ("the fine-tuned model, no pruning", []),
+    "unpruned-qat": ("the fine-tuned model, quantization-aware trained (2 epochs)", ["--qat", "--epochs", "2"]),
     "ch30-l1": (
-        "30 % of the channels, L1 norm of the filters, widths multiples of 8 (the default)",
-        ["--prune-channels", "0.3", "--channel-criterion", "l1"],
+        "30 % of the channels, L1 norm of the filters, widths multiples of 8, recovery 4 epochs at 5e-4",
+        [*CUT30, "--channel-criterion", "l1", *OLD_RECOVERY],
     ),
     "ch30-l1-odd": (
-        "30 %, L1, exact widths (45, 90, 179, ...)",
-        ["--prune-channels", "0.3", "--channel-criterion", "l1", "--set", "optimize.channel_round_to=1"],
+        "30 %, L1, exact widths (45, 90, 179, ...), 4 epochs at 5e-4",
+        [*CUT30, "--channel-criterion", "l1", *OLD_RECOVERY, "--set", "optimize.channel_round_to=1"],
     ),
-    "ch30-bn": ("30 %, BatchNorm |scale|", ["--prune-channels", "0.3", "--channel-criterion", "bn"]),
-    "ch30-l1-teacher": (
-        "30 %, L1, recovered by distillation from the unpruned model",
-        ["--prune-channels", "0.3", "--channel-criterion", "l1", "--set", "optimize.channel_teacher=true"],
+    "ch30-l1-r10": ("30 %, L1, recovered like a fine-tune: 10 epochs at 2e-3", [*CUT30, "--channel-criterion", "l1", *RECOVERY]),
+    "ch30-l1-r10-teacher": (
+        "30 %, L1, 10 epochs at 2e-3, distilled from the unpruned model",
+        [*CUT30, "--channel-criterion", "l1", *RECOVERY, *TEACHER],
     ),
-    "mag50": ("magnitude pruning to 50 % sparsity (TFMOT), for comparison", ["--prune", "0.5"]),
+    "ch30-bn-r10": (
+        "30 %, BatchNorm absolute scale instead of L1, 10 epochs at 2e-3",
+        [*CUT30, "--channel-criterion", "bn", *RECOVERY],
+    ),
+    "ch30-l1-r10-qat": ("ch30-l1-r10, then quantization-aware training (2 epochs)", QAT_AFTER),
+    "ch30-l1-r10-teacher-qat": ("ch30-l1-r10-teacher, then quantization-aware training (2 epochs)", QAT_AFTER),
+    "mag50": ("magnitude pruning to 50 % sparsity (TFMOT, 4 epochs at 5e-4), for comparison", ["--prune", "0.5"]),
 }
 
+# variant -> the variant whose finished run it continues (a copy of it, instead of the source run)
+BASES = {"ch30-l1-r10-qat": "ch30-l1-r10", "ch30-l1-r10-teacher-qat": "ch30-l1-r10-teacher"}
 
-def commands(run: Path, flags: list[str]) -> list[list[str]]:
+
+def commands(run: Path, flags: list[str], *, again: bool = False) -> list[list[str]]:
+    """The edgecls lines of a variant; `again` when the copied run already exported (a based variant)."""
+    force = ["--force"] if again else []
     steps = [["edgecls", "optimize", str(run), *flags]] if flags else []
     return steps + [
-        ["edgecls", "export", str(run), "--int8"],
+        ["edgecls", "export", str(run), "--int8", *force],
         ["edgecls", "validate", str(run), "--tflm-images", "0", "--max-int8-drop", "100"],
-        ["edgecls", "firmware", str(run)],
+        ["edgecls", "firmware", str(run), *force],
     ]
 
 
@@ -54,26 +73,57 @@ def latency_command(run: Path) -> list[str]:
     return ["edgecls", "bench", str(run), "--threads", "1"]
 
 
+def tflm_latency(run: Path) -> None:
+    """Time TFLite Micro's `invoke` of the run's int8 file on this host, one core, edgecls' window method.
+
+    TFLite Micro's portable kernels do the arithmetic a Cortex-M does without CMSIS-NN, one op after the
+    other with no delegate: how their time scales between two models is a proxy for the device's, not
+    the device's time. Writes `RUN/tflm-latency.json`.
+    """
+    import os
+
+    import numpy as np
+
+    from edgecls.runtimes import tflm_interpreter
+    from edgecls.worker import latency_summary, timed_windows
+
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+    flatbuffer = next((run / "export").glob("*/model_int8.tflite")).read_bytes()
+    interpreter = tflm_interpreter(flatbuffer, 4 << 20)
+    details = interpreter.get_input_details(0)
+    interpreter.set_input(np.zeros(details["shape"], details["dtype"]), 0)
+    for _ in range(3):
+        interpreter.invoke()
+    summary = latency_summary(timed_windows(interpreter.invoke, windows=5, seconds=2.0, min_runs=10))
+    (run / "tflm-latency.json").write_text(json.dumps(summary, indent=1) + "\n")
+
+
 def run_variant(source: Path, work: Path, name: str) -> None:
     run = work / name
     if (run / "firmware").is_dir():
         return
-    copy_run(source, run)
-    timings = run_edgecls(commands(run, VARIANTS[name][1]))
+    base = BASES.get(name)
+    copy_run(work / base if base else source, run)
+    timings = run_edgecls(commands(run, VARIANTS[name][1], again=base is not None))
     (run / "bench-timings.json").write_text(json.dumps(timings))
 
 
 def collect(run: Path) -> dict:
     manifest = json.loads((run / "manifest.json").read_text())["stages"]
-    stage = next((s for s in ("channels", "prune") if s in manifest), "finetune")
-    validate = json.loads((run / "validate.json").read_text())["rows"]
+    final = next((s for s in ("cqat", "qat", "channels", "prune") if s in manifest), "finetune")
+    validate = [r for r in json.loads((run / "validate.json").read_text())["rows"] if r["stage"] == final]
     bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {"rows": []}
-    firmware = json.loads(next((run / "firmware").glob("*/firmware.json")).read_text())
+    firmware = json.loads((run / "firmware" / final / "firmware.json").read_text())
     int8 = next(r for r in validate if r["artifact"] == "model_int8.tflite" and r["runtime"] == "litert")
     fp32 = next(r for r in validate if r["artifact"] == "model_fp32.tflite")
     rows = bench["rows"] if isinstance(bench, dict) else bench
-    latency = next((r for r in rows if r.get("artifact") == "model_int8.tflite" and r.get("p50_ms")), {"p50_ms": None})
-    metrics = manifest[stage]["metrics"] if stage == "channels" else {}
+
+    def p50(artifact: str) -> float | None:
+        found = (r for r in rows if (r.get("stage"), r.get("artifact")) == (final, artifact) and r.get("p50_ms"))
+        return next((r["p50_ms"] for r in found), None)
+
+    tflm = run / "tflm-latency.json"
+    metrics = manifest["channels"]["metrics"] if "channels" in manifest else {}
     timings = json.loads((run / "bench-timings.json").read_text())
     return {
         "macs": metrics.get("macs", json.loads((run / "metrics.json").read_text()).get("macs")),
@@ -81,7 +131,9 @@ def collect(run: Path) -> dict:
         "int8": int8["accuracy"],
         "bytes": int8["bytes"],
         "arena": firmware["arena_bytes_measured"],
-        "p50": latency["p50_ms"],
+        "p50": p50("model_int8.tflite"),
+        "p50_fp32": p50("model_fp32.tflite"),
+        "tflm": json.loads(tflm.read_text())["p50_ms"] if tflm.exists() else None,
         "optimize_s": timings.get("optimize"),
     }
 
@@ -94,24 +146,33 @@ def write_doc(work: Path) -> None:
         "",
         f"- Measured {today()} at edgecls {git_sha()} on {machine()}.",
         "- Source: the default job's run (`bench-runs/default-job`, MobileNet v1 0.25 @128 px, 0.8885 float); data: the full "
-        "JPEG CIFAR-10 of ../shared, accuracies on all 10,000 test images; int8 = post-training, per-channel (the default).",
-        "- Reproduce: `python bench/channels.py bench-runs/default-job` then `python bench/channels.py --write`.",
+        "JPEG CIFAR-10 of ../shared, accuracies on all 10,000 test images; int8 = post-training, per-channel (the default), "
+        "except the -qat rows (quantization-aware trained).",
+        "- Reproduce: `python bench/channels.py bench-runs/default-job`, then on a quiet machine `python bench/channels.py "
+        "--latency`, then `python bench/channels.py --write`.",
+        "- Latency, 1 thread, median of 5 windows of 2 s: LiteRT through `edgecls bench` (XNNPACK, `invoke` only), and "
+        "TFLite Micro's `invoke` of the int8 file on this host (`tflm_latency` in the script): its portable kernels, a proxy "
+        "for how compute on a Cortex-M without CMSIS-NN scales, not a device time.",
         "",
-        "| variant | what | MACs | float acc | int8 TFLite acc | int8 bytes | TFLM arena | LiteRT p50 ms (1 thread) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | what | MACs | float acc | int8 TFLite acc | int8 bytes | TFLM arena | LiteRT int8 p50 ms | "
+        "LiteRT fp32 p50 ms | TFLM int8 p50 ms (host) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in found.items():
 
         def change(key, row=row, name=name):
             if base is None or name == "unpruned" or row[key] is None or base[key] is None:
                 return ""
-            return f" ({row[key] / base[key] - 1:+.0%})"
+            return f" ({row[key] / base[key] - 1:+.1%})"
 
-        latency = "" if row["p50"] is None else f"{row['p50']:.3f}"
+        def ms(key, row=row):
+            return "" if row[key] is None else f"{row[key]:.3f}{change(key)}"
+
         macs = "" if row["macs"] is None else f"{row['macs']:,}"
         lines.append(
             f"| {name} | {VARIANTS[name][0]} | {macs}{change('macs')} | {row['float']:.4f} | {row['int8']:.4f} | "
-            f"{row['bytes']:,}{change('bytes')} | {row['arena']:,}{change('arena')} | {latency}{change('p50')} |"
+            f"{row['bytes']:,}{change('bytes')} | {row['arena']:,}{change('arena')} | {ms('p50')} | {ms('p50_fp32')} "
+            f"| {ms('tflm')} |"
         )
     missing = [name for name in VARIANTS if name not in found]
     if missing:
@@ -120,8 +181,9 @@ def write_doc(work: Path) -> None:
     for name, (_, flags) in VARIANTS.items():
         if name not in found:
             continue
-        steps = [*commands(Path("RUN"), flags), latency_command(Path("RUN"))]
-        lines.append(f"- {name}: " + "; ".join(f"`{shlex.join(c)}`" for c in steps))
+        steps = [*commands(Path("RUN"), flags, again=name in BASES), latency_command(Path("RUN"))]
+        start = f" (RUN = a copy of {BASES[name]}'s run)" if name in BASES else ""
+        lines.append(f"- {name}{start}: " + "; ".join(f"`{shlex.join(c)}`" for c in steps))
     write_section("channel-pruning", "\n".join(lines))
 
 
@@ -130,7 +192,7 @@ def main() -> None:
     parser.add_argument("source", nargs="?", type=Path)
     parser.add_argument("--only", nargs="*", default=list(VARIANTS))
     parser.add_argument("--work", type=Path, default=ROOT / "bench-runs" / "channels")
-    parser.add_argument("--latency", action="store_true", help="time every finished variant (a quiet machine)")
+    parser.add_argument("--latency", action="store_true", help="time every finished variant: LiteRT, ORT, TFLM (a quiet machine)")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -141,6 +203,7 @@ def main() -> None:
         for name in args.only:
             if (args.work / name / "firmware").is_dir():
                 run_edgecls([latency_command(args.work / name)])
+                tflm_latency(args.work / name)
         return
     for name in args.only:
         run_variant(args.source.resolve(), args.work, name)

@@ -54,12 +54,17 @@ def write_section(name: str, body: str, doc: Path = DOC) -> None:
 
 
 def copy_run(source: Path, target: Path) -> None:
-    """A fresh copy of a finished run without what later stages wrote (exports, validation, firmware, bench, report)."""
+    """A fresh copy of a finished run without what later stages wrote (exports, validation, firmware, bench, report)
+    and without their manifest entries, so that `validate` of the copy does not look for files that were left behind."""
+    import json
     import shutil
 
     shutil.rmtree(target, ignore_errors=True)
-    later = shutil.ignore_patterns("export", "validate.*", "firmware", "bench*", "report")
-    shutil.copytree(source, target, ignore=later)
+    later = ("export", "validate", "firmware", "bench", "report")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("export", "validate.*", "firmware", "bench*", "report"))
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["stages"] = {name: entry for name, entry in manifest["stages"].items() if name.split("/")[0] not in later}
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def run_edgecls(commands: list[list[str]]) -> dict[str, float]:

@@ -231,6 +231,9 @@ def optimize(
     epochs: Annotated[int | None, typer.Option(help="Fine-tuning epochs of each step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate while pruning.")] = None,
     qat_lr: Annotated[float | None, typer.Option(help="Peak learning rate of QAT.")] = None,
+    qat_from: Annotated[
+        str | None, typer.Option(help="QAT of: auto | finetune | prune | channels (a stage an earlier call wrote).")
+    ] = None,
     skip_unsupported: Annotated[
         bool, typer.Option("--skip-unsupported", help="Keep layers TFMOT cannot quantize in float.")
     ] = False,
@@ -259,6 +262,7 @@ def optimize(
         "optimize.epochs": epochs,
         "optimize.lr": lr,
         "optimize.qat_lr": qat_lr,
+        "optimize.qat_from": qat_from,
         "optimize.skip_unsupported": skip_unsupported or None,
         "optimize.limit_per_class": limit_per_class,
         "optimize.granularity": granularity,

@@ -33,6 +33,7 @@ from edgecls.errors import ConfigError, RunError
 from edgecls.run import RunDir, atomic_write_json
 
 STAGE_DIRS = {"prune": "prune", "qat": "qat", "pqat": "pqat", "channels": "channels", "cqat": "cqat"}
+QAT_STAGE = {"finetune": "qat", "prune": "pqat", "channels": "cqat"}  # the QAT stage of each parent
 MODEL_FILE = "model.h5"
 
 
@@ -357,7 +358,8 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data_at, force: bool, c
         if thin is not model:
             train_batchnorm(thin)
             teacher = model if opt.channel_teacher else None
-            _fit(thin, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=callbacks, teacher=teacher)
+            _fit(thin, cfg, data, epochs=opt.epochs_of("channels"), lr=opt.lr_of("channels"), callbacks=callbacks,
+                 teacher=teacher)  # fmt: skip
             fit.remeasure(candidate, thin, budget)  # trained weights convert to a different size (measured: +6 %)
         candidate.trained = True
         if not candidate.fits:
@@ -391,11 +393,15 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data_at, force: bool, c
 
 def planned_stages(opt: OptimizeConfig) -> list[str]:
     """The stages `opt` writes, in order: `prune` or `channels`, then `qat`, `pqat` or `cqat`."""
-    first = "prune" if opt.prune is not None else "channels" if prunes_channels(opt) or opt.fit else None
-    stages = [first] if first else []
+    stages = [opt.pruning_stage] if opt.pruning_stage else []
     if opt.qat:
-        stages.append({"prune": "pqat", "channels": "cqat", None: "qat"}[first])
+        stages.append(QAT_STAGE[qat_parent(opt)])
     return stages
+
+
+def qat_parent(opt: OptimizeConfig) -> str:
+    """The stage QAT trains: the one this call prunes, else `optimize.qat_from` (`auto`: `finetune`)."""
+    return opt.pruning_stage or ("finetune" if opt.qat_from == "auto" else opt.qat_from)
 
 
 def _prune_channels(run: RunDir, model, cfg: EdgeConfig, data, force: bool, callbacks) -> tuple[Any, dict[str, Any]]:
@@ -411,7 +417,7 @@ def _prune_channels(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
     train_batchnorm(thin)  # each consumer now sees fewer input channels: its BatchNorm statistics must follow
     before, after = model_stats(model), model_stats(thin)
     teacher = model if opt.channel_teacher else None
-    _fit(thin, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=callbacks, teacher=teacher)
+    _fit(thin, cfg, data, epochs=opt.epochs_of("channels"), lr=opt.lr_of("channels"), callbacks=callbacks, teacher=teacher)
     extra = {
         "parent": "finetune",
         "prune_channels": opt.prune_channels,
@@ -478,6 +484,9 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
     for stage in planned_stages(opt):
         if run.stage(stage) is not None and not force:
             _stage_dir(run, stage, force)  # raises the clear error before any work
+    continued = qat_parent(opt) if opt.qat and opt.pruning_stage is None and qat_parent(opt) != "finetune" else None
+    if continued:
+        run.require_stage(continued)  # `qat_from`: the stage an earlier call wrote must exist before any work
     freeze_batchnorm(model)
     if opt.qat:
         apply_qat(model, skip_unsupported=opt.skip_unsupported)  # fail early on unsupported layers
@@ -497,10 +506,10 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
 
     if opt.prune is not None:
         _stage_dir(run, "prune", force)
-        steps = opt.epochs * -(-len(data.train) // cfg.data.batch_size)
+        steps = opt.epochs_of("prune") * -(-len(data.train) // cfg.data.batch_size)
         pruning = apply_pruning(model, opt.prune, steps, kinds=opt.prune_layers, structured=opt.structured)
         update = _tfmot().sparsity.keras.UpdatePruningStep()
-        _fit(pruning, cfg, data, epochs=opt.epochs, lr=opt.lr, callbacks=[update, *callbacks])
+        _fit(pruning, cfg, data, epochs=opt.epochs_of("prune"), lr=opt.lr_of("prune"), callbacks=[update, *callbacks])
         parent = strip(pruning)
         sparsity = kernel_sparsity(parent, opt.prune_layers)
         extra = {
@@ -527,13 +536,18 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
         entries.append(_finish(run, "channels", parent, cfg, data, extra, data.warnings))
         parent_name = "channels"
 
+    if continued:
+        from edgecls.models.resize import input_size_of
+
+        parent, continued_entry = run.load_model(continued, trust=trust)
+        parent_name, data = continued, data_at(input_size_of(parent))
     if opt.qat:
-        stage = {"prune": "pqat", "channels": "cqat", "finetune": "qat"}[parent_name]
+        stage = QAT_STAGE[parent_name]
         _stage_dir(run, stage, force)
         per_tensor = opt.granularity == "per-tensor"
         freeze_batchnorm(parent)  # a channel-pruned model recovered with BatchNorm training
         qat = apply_qat(parent, preserve_sparsity=stage == "pqat", per_tensor=per_tensor, skip_unsupported=opt.skip_unsupported)
-        _fit(qat, cfg, data, epochs=opt.epochs, lr=opt.qat_lr, callbacks=callbacks)
+        _fit(qat, cfg, data, epochs=opt.epochs_of(stage), lr=opt.lr_of(stage), callbacks=callbacks)
         sparsity = kernel_sparsity(qat, opt.prune_layers)
         warnings = [f"left in float: {name} ({kind})" for name, kind in unsupported_for_qat(parent)]
         extra = {
@@ -545,7 +559,7 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
             "gzip_bytes_dense": dense_gzip,
         }
         if stage == "pqat":
-            pruned = entries[-1]["metrics"]["sparsity"]
+            pruned = (entries[-1] if entries else continued_entry)["metrics"]["sparsity"]
             extra["sparsity_preserved"] = abs(sparsity["overall"] - pruned) <= 0.01
             if not extra["sparsity_preserved"]:
                 warnings.append(f"PQAT changed the sparsity from {pruned:.4f} to {sparsity['overall']:.4f}")

@@ -133,6 +133,9 @@ def test_structured_2_4(run_copy, capsys):
         (["--prune", "0.3", "--structured-2-4"], "`--prune` must be 0.5 with 2:4"),
         (["--prune", "0.5", "--prune-layers", "depthwise"], "`--prune-layers` must be"),
         (["--qat", "--granularity", "per-row"], "`--granularity` must be one of per-channel, per-tensor"),
+        (["--qat-from", "channels"], "`--qat-from` must be left at `auto` unless `optimize.qat` is on"),
+        (["--prune", "0.5", "--qat", "--qat-from", "channels"], "`--qat-from` must be `prune` or `auto` when this call"),
+        (["--qat", "--qat-from", "channels"], "has no finished `channels` stage; run `edgecls optimize` first."),
     ],
 )
 def test_bad_options(run_copy, capsys, args, message):
@@ -254,6 +257,21 @@ def test_channel_pruned_stage_goes_through_qat_export_and_firmware(run_copy, cap
     code, out, err = run_cli(["firmware", run_copy], capsys)  # the most optimized export: cqat
     assert code == 0, out + err
     assert (run_copy / "firmware/cqat").is_dir() and full > rows["model_int8.tflite"]["bytes"]
+
+
+def test_qat_from_continues_the_channels_stage_an_earlier_call_wrote(run_copy, capsys):
+    """`--prune-channels` then, in a second call, `--qat --qat-from channels`: QAT of that very model, not of finetune."""
+    code, out, err = run_cli(["optimize", run_copy, "--prune-channels", "0.5", "--epochs", "1"], capsys)
+    assert code == 0, out + err
+    run = RunDir(run_copy)
+    channels_sha = run.model_sha256("channels")
+    code, out, err = run_cli(["optimize", run_copy, "--qat", "--qat-from", "channels", "--epochs", "1"], capsys)
+    assert code == 0, out + err
+    assert run.stage("qat") is None and run.model_sha256("channels") == channels_sha, "channels is left as it was"
+    cqat = run.stage("cqat")
+    assert cqat["inputs"]["parent"] == "channels" and cqat["inputs"]["parent_sha256"] == channels_sha
+    widths = [layer.output_shape[-1] for layer in run.load_model("cqat")[0].layers if layer.name.endswith("conv_pw_13")]
+    assert widths == [128], "QAT trained the 50 % thinner model (conv_pw_13: 256 -> 128 channels)"
 
 
 def test_fit_rejects_an_impossible_budget_before_training(run_copy, tmp_path, capsys):

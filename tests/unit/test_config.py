@@ -78,3 +78,16 @@ def test_every_shipped_config_loads_and_names_real_profiles():
         for profile in (cfg.firmware.device, cfg.bench.profile, cfg.optimize.fit):
             if profile:
                 load_profile(profile)
+
+
+def test_each_optimize_step_has_its_own_default_schedule():
+    """Unset, magnitude pruning and QAT train 4 epochs, channel recovery 10 at the fine-tune rate; a set value wins."""
+    from edgecls.config import OptimizeConfig
+
+    opt = OptimizeConfig()
+    assert (opt.epochs_of("prune"), opt.lr_of("prune")) == (4, 5e-4)
+    assert (opt.epochs_of("channels"), opt.lr_of("channels")) == (10, 2e-3)
+    assert (opt.epochs_of("cqat"), opt.lr_of("cqat")) == (4, 1e-5)
+    given = OptimizeConfig(epochs=2, lr=1e-3, qat_lr=3e-5)
+    assert [given.epochs_of(s) for s in ("prune", "channels", "qat")] == [2, 2, 2]
+    assert [given.lr_of(s) for s in ("prune", "channels", "pqat")] == [1e-3, 1e-3, 3e-5]
