@@ -51,11 +51,16 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     ),
     "ch30-l1-r10-qat": ("ch30-l1-r10, then quantization-aware training (2 epochs)", QAT_AFTER),
     "ch30-l1-r10-teacher-qat": ("ch30-l1-r10-teacher, then quantization-aware training (2 epochs)", QAT_AFTER),
+    "ch30-bn-r10-qat": ("ch30-bn-r10, then quantization-aware training (2 epochs)", QAT_AFTER),
     "mag50": ("magnitude pruning to 50 % sparsity (TFMOT, 4 epochs at 5e-4), for comparison", ["--prune", "0.5"]),
 }
 
 # variant -> the variant whose finished run it continues (a copy of it, instead of the source run)
-BASES = {"ch30-l1-r10-qat": "ch30-l1-r10", "ch30-l1-r10-teacher-qat": "ch30-l1-r10-teacher"}
+BASES = {
+    "ch30-l1-r10-qat": "ch30-l1-r10",
+    "ch30-l1-r10-teacher-qat": "ch30-l1-r10-teacher",
+    "ch30-bn-r10-qat": "ch30-bn-r10",
+}
 
 
 def commands(run: Path, flags: list[str], *, again: bool = False) -> list[list[str]]:
