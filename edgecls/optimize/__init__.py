@@ -504,7 +504,7 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
     dense_gzip = gzip_bytes(model)
     entries, parent, parent_name = [], model, "finetune"
 
-    if opt.prune is not None:
+    if opt.pruning_stage == "prune":
         _stage_dir(run, "prune", force)
         steps = opt.epochs_of("prune") * -(-len(data.train) // cfg.data.batch_size)
         pruning = apply_pruning(model, opt.prune, steps, kinds=opt.prune_layers, structured=opt.structured)
@@ -525,7 +525,7 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
         entries.append(_finish(run, "prune", parent, cfg, data, extra, data.warnings))
         parent_name = "prune"
 
-    if prunes_channels(opt) or opt.fit:
+    if opt.pruning_stage == "channels":
         if opt.fit:
             parent, extra = _fit_to_profile(run, model, cfg, data_at, force, callbacks)
             data = data_at(extra["input_size"])  # the chosen model's size: its test metrics and QAT use it
