@@ -21,7 +21,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from common import ROOT, copy_run, git_sha, machine, run_edgecls, today, write_section
+from common import ROOT, FinalStage, copy_run, git_sha, machine, run_edgecls, today, write_section
 
 EDGECLS = str(Path(sys.executable).with_name("edgecls"))
 CUT30 = ["--prune-channels", "0.3"]
@@ -49,7 +49,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "30 %, BatchNorm absolute scale instead of L1, 10 epochs at 2e-3",
         [*CUT30, "--channel-criterion", "bn", *RECOVERY],
     ),
+    "ch30-l1-r10-rt4": (
+        "30 %, L1, 10 epochs at 2e-3, widths multiples of 4 (the 8-channel stem becomes 4)",
+        [*CUT30, "--channel-criterion", "l1", *RECOVERY, "--set", "optimize.channel_round_to=4"],
+    ),
     "ch30-l1-r10-qat": ("ch30-l1-r10, then quantization-aware training (2 epochs)", QAT_AFTER),
+    "ch30-l1-r10-rt4-qat": ("ch30-l1-r10-rt4, then quantization-aware training (2 epochs)", QAT_AFTER),
     "ch30-l1-r10-teacher-qat": ("ch30-l1-r10-teacher, then quantization-aware training (2 epochs)", QAT_AFTER),
     "ch30-bn-r10-qat": ("ch30-bn-r10, then quantization-aware training (2 epochs)", QAT_AFTER),
     "mag50": ("magnitude pruning to 50 % sparsity (TFMOT, 4 epochs at 5e-4), for comparison", ["--prune", "0.5"]),
@@ -60,6 +65,7 @@ BASES = {
     "ch30-l1-r10-qat": "ch30-l1-r10",
     "ch30-l1-r10-teacher-qat": "ch30-l1-r10-teacher",
     "ch30-bn-r10-qat": "ch30-bn-r10",
+    "ch30-l1-r10-rt4-qat": "ch30-l1-r10-rt4",
 }
 
 
@@ -114,32 +120,23 @@ def run_variant(source: Path, work: Path, name: str) -> None:
 
 
 def collect(run: Path) -> dict:
+    """The table row of a finished variant: its final stage's accuracies, bytes, arena and latencies."""
+    final = FinalStage(run)
     manifest = json.loads((run / "manifest.json").read_text())["stages"]
-    final = next((s for s in ("cqat", "qat", "channels", "prune") if s in manifest), "finetune")
-    validate = [r for r in json.loads((run / "validate.json").read_text())["rows"] if r["stage"] == final]
-    bench = json.loads((run / "bench.json").read_text()) if (run / "bench.json").exists() else {"rows": []}
-    firmware = json.loads((run / "firmware" / final / "firmware.json").read_text())
-    int8 = next(r for r in validate if r["artifact"] == "model_int8.tflite" and r["runtime"] == "litert")
-    fp32 = next(r for r in validate if r["artifact"] == "model_fp32.tflite")
-    rows = bench["rows"] if isinstance(bench, dict) else bench
-
-    def p50(artifact: str) -> float | None:
-        found = (r for r in rows if (r.get("stage"), r.get("artifact")) == (final, artifact) and r.get("p50_ms"))
-        return next((r["p50_ms"] for r in found), None)
-
+    metrics = manifest["channels"]["metrics"] if "channels" in manifest else json.loads((run / "metrics.json").read_text())
     tflm = run / "tflm-latency.json"
-    metrics = manifest["channels"]["metrics"] if "channels" in manifest else {}
-    timings = json.loads((run / "bench-timings.json").read_text())
     return {
-        "macs": metrics.get("macs", json.loads((run / "metrics.json").read_text()).get("macs")),
-        "float": fp32["accuracy"],
-        "int8": int8["accuracy"],
-        "bytes": int8["bytes"],
-        "arena": firmware["arena_bytes_measured"],
-        "p50": p50("model_int8.tflite"),
-        "p50_fp32": p50("model_fp32.tflite"),
+        "macs": metrics.get("macs"),
+        "float": final.accuracy("litert", "fp32"),
+        "int8": final.accuracy("litert", "int8"),
+        "bytes": final.int8_bytes(),
+        "arena": final.firmware.arena_bytes_measured,
+        "p50": final.p50_ms("int8"),
+        "p50_fp32": final.p50_ms("fp32"),
+        "p50_ort_int8": final.p50_ms("int8", "onnxruntime"),
+        "p50_ort_fp32": final.p50_ms("fp32", "onnxruntime"),
         "tflm": json.loads(tflm.read_text())["p50_ms"] if tflm.exists() else None,
-        "optimize_s": timings.get("optimize"),
+        "optimize_s": json.loads((run / "bench-timings.json").read_text()).get("optimize"),
     }
 
 
@@ -160,8 +157,8 @@ def write_doc(work: Path) -> None:
         "for how compute on a Cortex-M without CMSIS-NN scales, not a device time.",
         "",
         "| variant | what | MACs | float acc | int8 TFLite acc | int8 bytes | TFLM arena | LiteRT int8 p50 ms | "
-        "LiteRT fp32 p50 ms | TFLM int8 p50 ms (host) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "LiteRT fp32 p50 ms | TFLM int8 p50 ms (host) | ONNX Runtime int8 / fp32 p50 ms |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, row in found.items():
 
@@ -173,11 +170,18 @@ def write_doc(work: Path) -> None:
         def ms(key, row=row):
             return "" if row[key] is None else f"{row[key]:.3f}{change(key)}"
 
+        def ort(row=row):
+            return (
+                ""
+                if row["p50_ort_int8"] is None and row["p50_ort_fp32"] is None
+                else f"{ms('p50_ort_int8')} / {ms('p50_ort_fp32')}"
+            )
+
         macs = "" if row["macs"] is None else f"{row['macs']:,}"
         lines.append(
             f"| {name} | {VARIANTS[name][0]} | {macs}{change('macs')} | {row['float']:.4f} | {row['int8']:.4f} | "
             f"{row['bytes']:,}{change('bytes')} | {row['arena']:,}{change('arena')} | {ms('p50')} | {ms('p50_fp32')} "
-            f"| {ms('tflm')} |"
+            f"| {ms('tflm')} | {ort(row)} |"
         )
     missing = [name for name in VARIANTS if name not in found]
     if missing:

@@ -81,3 +81,34 @@ def run_edgecls(commands: list[list[str]]) -> dict[str, float]:
         subprocess.run([executable, *command[1:]], cwd=ROOT, check=True)
         seconds[command[1]] = time.perf_counter() - start
     return seconds
+
+
+class FinalStage:
+    """What the later stages measured of a run's final (most optimized exported) stage, read through edgecls' records."""
+
+    def __init__(self, path: Path) -> None:
+        import sys
+
+        sys.path.insert(0, str(ROOT))
+        from edgecls.export import choose_exported_stage
+        from edgecls.records import bench_record, firmware_records, validation_record
+        from edgecls.run import RunDir
+
+        run = RunDir(path)
+        self.stage = choose_exported_stage(run, None)
+        validation, bench = validation_record(run), bench_record(run)
+        self.validation = [r for r in (validation.rows if validation else ()) if r.stage == self.stage]
+        self.bench = [r for r in (bench.rows if bench else ()) if r.stage == self.stage and r.status == "pass"]
+        self.firmware = next((f for f in firmware_records(run) if f.stage == self.stage), None)
+
+    def accuracy(self, runtime: str, precision: str) -> float | None:
+        """Test accuracy of the stage's `precision` file on `runtime` (`litert`, `onnxruntime`, `keras`)."""
+        return next((r.accuracy for r in self.validation if (r.runtime, r.precision) == (runtime, precision)), None)
+
+    def int8_bytes(self) -> int | None:
+        return next((r.bytes for r in self.validation if (r.runtime, r.precision) == ("litert", "int8")), None)
+
+    def p50_ms(self, precision: str, runtime_kind: str = "litert", threads: int = 1) -> float | None:
+        """The bench median of the stage's `precision` file on `runtime_kind` at `threads`."""
+        found = (r.p50_ms for r in self.bench if (r.precision, r.runtime_kind, r.threads) == (precision, runtime_kind, threads))
+        return next(found, None)

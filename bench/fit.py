@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from common import ROOT, copy_run, git_sha, machine, run_edgecls, today, write_section
+from common import ROOT, FinalStage, copy_run, git_sha, machine, run_edgecls, today, write_section
 
 EDGECLS = str(Path(sys.executable).with_name("edgecls"))
 PROFILES = ("cortex-m4-stm32f446", "cortex-m4-nrf52840", "cortex-m7-stm32h747")
@@ -46,6 +46,17 @@ def run_profile(source: Path, work: Path, profile: str) -> None:
     (run / "bench-timings.json").write_text(json.dumps(timings))
 
 
+def widest(widths: list[dict] | None, chosen: dict) -> str:
+    """The other-width cell: the fitting width with the most MACs, and how many times the chosen model's MACs."""
+    if widths is None:
+        return "not measured (searched before widths were)"
+    fitting = [c for c in widths if c["fits"]]
+    if not fitting:
+        return "none (" + ", ".join(sorted({f"{c['alpha']:g}" for c in widths})) + " do not fit)"
+    best = max(fitting, key=lambda c: c["macs"])
+    return f"alpha {best['alpha']:g} @{best['input_size']} px, {best['macs'] / chosen['macs']:.1f}x MACs"
+
+
 def write_doc(work: Path) -> None:
     lines = [
         "## `--fit PROFILE` on the default model (issue 12)",
@@ -58,8 +69,9 @@ def write_doc(work: Path) -> None:
         "bench-runs/fit-size).",
         "",
         "| profile | flash / RAM | channels removed | input | val acc (search) | float acc | int8 TFLite acc | int8 bytes | "
-        "arena (+margin) | candidates fitting; evaluated (share@px, val acc) | fit wall min |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "arena (+margin) | candidates fitting; evaluated (share@px, val acc) | widest other width that fits (untrained) "
+        "| fit wall min |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for profile in PROFILES:
         run = work / profile
@@ -68,19 +80,18 @@ def write_doc(work: Path) -> None:
         report = json.loads((run / f"fit/{profile}/fit.json").read_text())
         budget, candidates = report["budget"], report["candidates"]
         chosen = next(c for c in candidates if c["chosen"])
-        validate = json.loads((run / "validate.json").read_text())["rows"]
-        int8 = next(r for r in validate if r["artifact"] == "model_int8.tflite" and r["runtime"] == "litert")
-        fp32 = next(r for r in validate if r["artifact"] == "model_fp32.tflite")
-        firmware = json.loads(next((run / "firmware").glob("*/firmware.json")).read_text())
+        final = FinalStage(run)
         trained = ", ".join(f"{c['ratio']:.0%}@{c['input_size']} ({c['val_accuracy']:.4f})" for c in candidates
                             if c["val_accuracy"] is not None)  # fmt: skip
         fitting = f"{sum(c['fits'] for c in candidates)} of {len(candidates)}; evaluated: {trained}"
         minutes = json.loads((run / "bench-timings.json").read_text())["optimize"] / 60
+        widths = report.get("other_widths")
         lines.append(
             f"| {profile} | {budget['flash_bytes'] // 1024} KiB / {budget['ram_bytes'] // 1024} KiB | {chosen['ratio']:.0%} "
-            f"| {chosen['input_size']} px | {chosen['val_accuracy']:.4f} | {fp32['accuracy']:.4f} | {int8['accuracy']:.4f} "
-            f"| {int8['bytes']:,} | {firmware['arena_bytes_measured']:,} ({firmware['arena_bytes']:,}) "
-            f"| {fitting} | {minutes:.0f} |"
+            f"| {chosen['input_size']} px | {chosen['val_accuracy']:.4f} | {final.accuracy('litert', 'fp32'):.4f} "
+            f"| {final.accuracy('litert', 'int8'):.4f} | {final.int8_bytes():,} "
+            f"| {final.firmware.arena_bytes_measured:,} ({final.firmware.arena_bytes:,}) "
+            f"| {fitting} | {widest(widths, chosen)} | {minutes:.0f} |"
         )
     lines += ["", "Each profile's search table is `RUN/fit/PROFILE/fit.md`. Commands (RUN = a copy of the source run):", ""]
     for profile in PROFILES:

@@ -22,10 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import CIFAR_JPEG, ROOT, SHARED, git_sha, machine, run_edgecls, today, write_section
+from common import CIFAR_JPEG, ROOT, SHARED, FinalStage, git_sha, machine, run_edgecls, today, write_section
 
 sys.path.insert(0, str(ROOT))
-from edgecls.records import bench_record, firmware_records, validation_record  # noqa: E402
 from edgecls.run import RunDir  # noqa: E402
 
 RUNS = ROOT / "bench-runs" / "zoo"
@@ -78,22 +77,12 @@ def measure_row(name: str) -> dict | None:
     record = run.finetune_record()
     finetune = run.require_stage("finetune")
     metrics = json.loads(run.file("metrics.json").read_text())
-    final = next((s for s in ("pqat", "qat", "channels", "prune") if run.stage(s)), "finetune")
+    results = FinalStage(run.path)
+    final = results.stage
     train_seconds = metrics.get("train_seconds", 0.0)
     if final != "finetune":
         train_seconds += (_finished(run.require_stage(final)) - _finished(finetune)).total_seconds()
-    rows = validation_record(run).rows if validation_record(run) else ()
-
-    def accuracy(runtime: str, precision: str) -> float | None:
-        return next((r.accuracy for r in rows if r.stage == final and r.runtime == runtime and r.precision == precision), None)
-
-    int8 = next((r for r in rows if r.stage == final and r.runtime == "litert" and r.precision == "int8"), None)
-    firmware = next((f for f in firmware_records(run) if f.stage == final), None)
-    bench = bench_record(run)
-    latency = None
-    if bench is not None:
-        latency = next((r.p50_ms for r in bench.rows if r.stage == final and r.precision == "int8" and r.runtime_kind == "litert"
-                        and r.threads == 1 and r.status == "pass"), None)  # fmt: skip
+    accuracy = results.accuracy
     teacher = (finetune["inputs"].get("teacher") or {}).get("run")
     return {
         "name": name,
@@ -106,10 +95,10 @@ def measure_row(name: str) -> dict | None:
         "float": metrics["test_accuracy"] if final == "finetune" else accuracy("keras", "fp32") or accuracy("litert", "fp32"),
         "int8_tflite": accuracy("litert", "int8"),
         "int8_onnx": accuracy("onnxruntime", "int8"),
-        "int8_bytes": int8.bytes if int8 else None,
-        "arena": firmware.arena_bytes_measured if firmware else None,
+        "int8_bytes": results.int8_bytes(),
+        "arena": results.firmware.arena_bytes_measured if results.firmware else None,
         "macs": metrics.get("macs"),
-        "latency_ms": latency,
+        "latency_ms": results.p50_ms("int8"),
         "train_minutes": train_seconds / 60,
         **info,
     }

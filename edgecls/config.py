@@ -288,7 +288,9 @@ class OptimizeConfig:
         distill_alpha: Weight of the hard-label loss when distilling, in [0, 1]. Defaults to 0.5.
         temperature: Distillation temperature (> 0). Defaults to 4.
         fit: A device profile (name or YAML path): search the share of channels to remove and
-            the input size so that the int8 file and the TFLite Micro arena fit it (`edgecls.optimize.fit`).
+            the input size so that the int8 file and the TFLite Micro arena fit it (`edgecls.optimize.fit`);
+            the backbone's other ImageNet widths are measured too and the widest that fits is named
+            (a fine-tune of its own: not trained by `fit`).
         fit_input_sizes: Input sizes `fit` searches. Defaults to the fine-tuned size and 7/8 and 3/4
             of it in multiples of 8 (128 px: 128, 112, 96): a smaller image shrinks the arena without
             touching the weights, where removing channels shrinks both.

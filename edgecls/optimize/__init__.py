@@ -343,6 +343,8 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data_at, force: bool, c
         )
     grid = [(r, size) for size in sizes for r in fit.RATIOS if (r, size) != (fit.RATIOS[-1], sizes[-1])]
     candidates = fit.measure_all(model, grid, opt.channel_criterion, budget, opt.channel_round_to) + [smallest]
+    other = fit.measure_widths(cfg.model.name, fit.other_widths(cfg.model.name, cfg.model.alpha), sizes,
+                                model.output_shape[-1], budget)  # fmt: skip
     if data_at(own).val is None or len(data_at(own).val) == 0:
         raise StageError("`--fit` chooses by validation accuracy, and this run has no validation split (data.val_fraction 0).")
     best = None
@@ -375,20 +377,21 @@ def _fit_to_profile(run: RunDir, model, cfg: EdgeConfig, data_at, force: bool, c
     chosen.chosen = True
     folder = run.inside(f"fit/{budget.profile}")
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / "fit.json", fit.as_dict(candidates, budget))
-    (folder / "fit.md").write_text(fit.table(candidates, budget))
+    atomic_write_json(folder / "fit.json", fit.as_dict(candidates, budget, other))
+    (folder / "fit.md").write_text(fit.table(candidates, budget, other, cfg.model.name))
     run.record_stage(f"fit/{budget.profile}", seed=cfg.run.seed, inputs={"profile": opt.fit},
                      outputs=[f"fit/{budget.profile}/fit.json", f"fit/{budget.profile}/fit.md"],
-                     metrics=fit.as_dict(candidates, budget), warnings=[])  # fmt: skip
+                     metrics=fit.as_dict(candidates, budget, other), warnings=[])  # fmt: skip
     _stage_dir(run, "channels", force)  # at 0 % and its own size it holds the fine-tuned model: it already fits
     before, after = model_stats(model), model_stats(thin)
+    hint = fit.wider_hint(other, chosen, cfg.model.name)
     extra = {
         "parent": "finetune", "prune_channels": chosen.ratio, "input_size": chosen.input_size,
         "criterion": opt.channel_criterion, "teacher": "finetune" if opt.channel_teacher else None, "fit": budget.profile,
-        "widths": widths,
+        "fit_table": f"fit/{budget.profile}/fit.md", "widths": widths,
         "macs": after["macs"], "macs_before": before["macs"], "params": after["params"], "params_before": before["params"],
     }  # fmt: skip
-    return thin, extra
+    return thin, extra | ({"wider_model_fits": hint} if hint else {})
 
 
 def planned_stages(opt: OptimizeConfig) -> list[str]:

@@ -12,6 +12,11 @@ one measurement) and dropped if it no longer fits. When the fine-tuned model
 fits as it is, it is the answer (removing channels only costs accuracy). Otherwise the fitting
 candidates with the most compute (MACs, the proxy for accuracy before training) are trained,
 and the validation accuracy chooses among them; the test split is only reported.
+
+The family's other widths with ImageNet weights (MobileNet alpha 0.5, 0.75, 1.0) are measured
+the same way at every searched size and listed apart: each is a fine-tune of its own from
+ImageNet, not a compression of this run, so `--fit` does not train them; it names the widest one
+that fits, with the command that trains it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Candidate:
     trained: bool = False
     val_accuracy: float | None = None
     chosen: bool = False
+    alpha: float | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,53 @@ def measure(model, ratio: float, criterion: str, budget: Budget, round_to: int =
     return measure_all(model, [(ratio, size or input_size_of(model))], criterion, budget, round_to)[0]
 
 
+def other_widths(name: str, alpha: float) -> tuple[float, ...]:
+    """The widths of backbone `name`, other than `alpha`, for which ImageNet weights are published."""
+    from edgecls.models import get_spec
+
+    return tuple(a for a in get_spec(name).imagenet_alphas if a != alpha)
+
+
+def measure_widths(name: str, alphas: tuple[float, ...], sizes: list[int], num_classes: int, budget: Budget) -> list[Candidate]:
+    """Measure backbone `name` at each of `alphas` x `sizes`, untrained (sizes and the arena do not depend on weights).
+
+    A width whose parameters alone exceed the flash budget (int8 stores at least a byte per weight)
+    is rejected without a conversion.
+    """
+    from edgecls.models import create_model, get_spec
+    from edgecls.models.stats import model_stats
+    from edgecls.runtimes import measure_arenas_isolated
+    from edgecls.train import reestimate_batchnorm
+
+    measured, flatbuffers = [], []
+    for alpha in alphas:
+        for size in sizes:
+            model, _ = create_model(name, num_classes=num_classes, input_size=size, alpha=alpha, weights="none")
+            stat = model_stats(model)
+            if stat["params"] > budget.model_flash:
+                why = f"{stat['params']:,} parameters > {budget.model_flash:,} B of flash (at least a byte each in int8)"
+                measured.append(Candidate(0.0, size, stat["macs"], stat["params"], 0, 0, 0, False, why, alpha=alpha))
+                continue
+            # untrained, the activations vanish layer after layer (int8 scales of 1e-8 on which TFLite Micro
+            # aborts): BatchNorm statistics of random images give every layer a unit-scale output, as trained ones have
+            images = np.random.default_rng(0).integers(0, 256, (64, size, size, 3), dtype=np.uint8)
+            reestimate_batchnorm(model, images, mode=get_spec(name).preprocessing)
+            flatbuffers.append(throwaway_int8(model))
+            measured.append(Candidate(0.0, size, stat["macs"], stat["params"], len(flatbuffers[-1]), 0, 0, False, alpha=alpha))
+    converted = [c for c in measured if c.int8_bytes]
+    for candidate, arena in zip(converted, measure_arenas_isolated(flatbuffers) if flatbuffers else [], strict=True):
+        candidate.arena_bytes = arena
+        candidate.arena_with_margin, candidate.why_not = budget.judge(candidate.int8_bytes, arena)
+        candidate.fits = not candidate.why_not
+    return measured
+
+
+def widest_fitting(widths: list[Candidate], chosen: Candidate) -> Candidate | None:
+    """The fitting other-width candidate with the most MACs, if it has more than `chosen` (else None)."""
+    fitting = [c for c in widths if c.fits and c.macs > chosen.macs]
+    return max(fitting, key=lambda c: c.macs, default=None)
+
+
 def remeasure(candidate: Candidate, trained, budget: Budget) -> None:
     """Measure a trained candidate again (bytes, arena) and judge it anew: training changes the int8 file's size."""
     from edgecls.runtimes import measure_arena_isolated
@@ -167,8 +220,8 @@ def to_train(candidates: list[Candidate], trials: int) -> list[Candidate]:
     return fitting[:trials]
 
 
-def table(candidates: list[Candidate], budget: Budget) -> str:
-    """fit.md: the budget, then every candidate."""
+def table(candidates: list[Candidate], budget: Budget, widths: list[Candidate] = (), backbone: str = "") -> str:
+    """fit.md: the budget, every candidate, then the other widths and the command for the widest that fits."""
     lines = [
         f"# Fit to `{escape_markdown(budget.profile)}`",
         "",
@@ -187,8 +240,43 @@ def table(candidates: list[Candidate], budget: Budget) -> str:
             f"| {c.ratio:.0%} | {c.input_size} px | {c.macs:,} | {c.params:,} | {c.int8_bytes:,} | {c.arena_bytes:,}"
             f" | {c.arena_with_margin:,} | {fits} | {accuracy} | {'yes' if c.chosen else ''} |"
         )
-    return "\n".join(lines) + "\n"
+    chosen = next((c for c in candidates if c.chosen), None)
+    return "\n".join(lines) + "\n" + (_widths_table(widths, backbone, chosen) if widths else "")
 
 
-def as_dict(candidates: list[Candidate], budget: Budget) -> dict:
-    return {"budget": asdict(budget), "candidates": [asdict(c) for c in candidates]}
+def _widths_table(widths: list[Candidate], backbone: str, chosen: Candidate | None) -> str:
+    """The other widths, measured untrained, and the command for the widest that fits with more MACs than `chosen`."""
+    lines = [
+        "",
+        "## Other widths (a fine-tune of their own from ImageNet; measured, not trained by `--fit`)",
+        "",
+        "| alpha | input | MACs | params | int8 bytes | arena (measured) | arena + margin | fits |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in widths:
+        fits = "yes" if c.fits else f"no: {c.why_not}"
+        size, arena = (f"{c.int8_bytes:,}", f"{c.arena_bytes:,}") if c.int8_bytes else ("-", "-")
+        margin = f"{c.arena_with_margin:,}" if c.int8_bytes else "-"
+        lines.append(f"| {c.alpha:g} | {c.input_size} px | {c.macs:,} | {c.params:,} | {size} | {arena} | {margin} | {fits} |")
+    hint = wider_hint(widths, chosen, backbone) if chosen else ""
+    return "\n".join(lines + (["", hint] if hint else [])) + "\n"
+
+
+def wider_hint(widths: list[Candidate], chosen: Candidate, backbone: str) -> str:
+    """One line naming the widest other width that fits with more MACs than `chosen`, and how to train it ('' if none).
+
+    `backbone` is a registry name (letters, digits, `_`), written as is inside a Markdown code span.
+    """
+    widest = widest_fitting(widths, chosen)
+    if widest is None:
+        return ""
+    return (
+        f"alpha {widest.alpha:g} at {widest.input_size} px also fits, with {widest.macs / chosen.macs:.1f}x the chosen"
+        f" model's MACs (not trained: it starts from its own ImageNet weights); fine-tune it and compare validation"
+        f" accuracy: `edgecls finetune DATA --model {backbone} --alpha {widest.alpha:g}"
+        f" --input-size {widest.input_size}`."
+    )
+
+
+def as_dict(candidates: list[Candidate], budget: Budget, widths: list[Candidate] = ()) -> dict:
+    return {"budget": asdict(budget), "candidates": [asdict(c) for c in candidates], "other_widths": [asdict(c) for c in widths]}

@@ -316,6 +316,35 @@ def test_fit_chooses_a_fitting_share_by_validation_accuracy(run_copy, tmp_path, 
     assert (run_copy / "export/channels/model_int8.tflite").stat().st_size <= flash
 
 
+def test_fit_measures_the_other_imagenet_widths_and_names_the_widest_that_fits():
+    """Alpha 0.5 fits a 1.2 MB flash budget, 0.75 and 1.0 have more parameters than bytes (rejected unconverted);
+    the table gives the command that fine-tunes the widest fitting width when it has more MACs than the chosen model."""
+    import tf_keras
+
+    from edgecls.devices import DeviceProfile
+    from edgecls.optimize import fit
+
+    flash = 1_200_000
+    budget = fit.Budget.of(DeviceProfile(name="flash-mcu", kind="mcu", flash_bytes=flash, ram_bytes=1 << 30),
+                           flash_reserve=0, ram_reserve=0, arena_margin=0.1)  # fmt: skip
+    assert fit.other_widths("mobilenet", 0.25) == (0.5, 0.75, 1.0)
+    widths = fit.measure_widths("mobilenet", (0.5, 0.75, 1.0), [32], 10, budget)
+    params = {a: tf_keras.applications.MobileNet((32, 32, 3), alpha=a, include_top=False, weights=None).count_params()
+              + int(1024 * a) * 10 + 10 for a in (0.5, 0.75, 1.0)}  # fmt: skip
+    assert {c.alpha: c.params for c in widths} == params
+    half, three_quarters, full = widths
+    assert half.fits and params[0.5] < half.int8_bytes < 1.2 * params[0.5] and half.arena_bytes > 32 * 32 * 3
+    assert not three_quarters.fits and not full.fits and three_quarters.int8_bytes == full.int8_bytes == 0
+    assert all("parameters >" in c.why_not for c in (three_quarters, full))
+    assert half.macs < three_quarters.macs < full.macs and not any(c.trained for c in widths)
+    chosen = fit.Candidate(0.3, 32, half.macs // 5, 100_000, 110_000, 20_000, 22_016, True, chosen=True)
+    text = fit.table([chosen], budget, widths, "mobilenet")
+    assert "`edgecls finetune DATA --model mobilenet --alpha 0.5 --input-size 32`" in text
+    assert "also fits, with 5.0x the chosen model's MACs" in text
+    assert fit.wider_hint(widths, chosen, "mobilenet") in text
+    assert "alpha 0.5" not in fit.table([chosen], budget, [c for c in widths if c.alpha != 0.5], "mobilenet")
+
+
 def test_fit_searches_the_input_size_and_every_later_stage_takes_it(tmp_path, capsys):
     """A 48 px run fitted at 40 px (`optimize.fit_input_sizes`): the RAM budget is the 40 px copy's own arena, so
     `--fit` keeps every channel (the most MACs that fit) at 40 px, and export, validate and firmware work on it."""
@@ -335,6 +364,8 @@ def test_fit_searches_the_input_size_and_every_later_stage_takes_it(tmp_path, ca
     assert code == 0, out + err
     candidates = json.loads((run_path / "fit/ram-mcu/fit.json").read_text())["candidates"]
     assert len(candidates) == 8 and {c["input_size"] for c in candidates} == {40}
+    widths = json.loads((run_path / "fit/ram-mcu/fit.json").read_text())["other_widths"]
+    assert [(c["alpha"], c["input_size"]) for c in widths] == [(0.5, 40), (0.75, 40), (1.0, 40)]
     (chosen,) = [c for c in candidates if c["chosen"]]
     assert (chosen["ratio"], chosen["input_size"], chosen["arena_bytes"]) == (0.0, 40, at_40.arena_bytes)
     run = RunDir(run_path)
