@@ -109,6 +109,46 @@ def tflm_latency(run: Path) -> None:
     (run / "tflm-latency.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
+INTERLEAVED = ("unpruned", "mag50", "ch30-l1-odd", "ch30-l1-r10", "ch30-l1-r10-rt4", "ch30-l1-r10-qat", "ch30-l1-r10-rt4-qat")
+FILES = {"LiteRT int8": "model_int8.tflite", "LiteRT fp32": "model_fp32.tflite", "ORT int8": "model_int8.onnx",
+         "ORT fp32": "model_fp32.onnx"}  # fmt: skip
+
+
+def interleaved_latency(work: Path, names: tuple[str, ...] = INTERLEAVED, rounds: int = 9) -> dict:
+    """Medians over `rounds` rounds of one 1-s window per model and runtime, all models in every round, one core.
+
+    This host's speed drifts by up to 50 % between windows minutes apart (see "Latency method: notes"); comparing
+    models measured in separate `edgecls bench` calls mixes that drift into the comparison. Interleaving puts the
+    drift into every model's rounds alike. The worker's own model classes time only the inference, as `bench` does.
+    Writes `WORK/interleaved-latency.json`.
+    """
+    import os
+
+    import numpy as np
+
+    from edgecls.worker import open_model, timed_windows
+
+    os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+    infers = {}
+    for name in names:
+        export = next((work / name / "export").iterdir())
+        for column, file in FILES.items():
+            model = open_model(str(export / file), 1)
+            infers[name, column] = model.inference(np.zeros(model.input["shape"], np.float32))
+    per_round = {key: [] for key in infers}
+    for _ in range(rounds):
+        for key, infer in infers.items():
+            per_round[key].append(float(np.median(timed_windows(infer, windows=1, seconds=1.0, min_runs=20)[0])))
+    result = {
+        "rounds": rounds,
+        "cpu": machine(),
+        "p50_ms": {name: {column: float(np.median(per_round[name, column])) for column in FILES} for name in names},
+        "rounds_ms": {f"{name} / {column}": values for (name, column), values in per_round.items()},
+    }
+    (work / "interleaved-latency.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
 def run_variant(source: Path, work: Path, name: str) -> None:
     run = work / name
     if (run / "firmware").is_dir():
@@ -202,11 +242,15 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=list(VARIANTS))
     parser.add_argument("--work", type=Path, default=ROOT / "bench-runs" / "channels")
     parser.add_argument("--latency", action="store_true", help="time every finished variant: LiteRT, ORT, TFLM (a quiet machine)")
+    parser.add_argument("--interleaved", action="store_true", help="time the main variants in interleaved rounds (quiet machine)")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.write:
         write_doc(args.work)
+        return
+    if args.interleaved:
+        interleaved_latency(args.work)
         return
     if args.latency:
         for name in args.only:

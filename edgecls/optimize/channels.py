@@ -116,7 +116,7 @@ def channel_scores(model, group: ChannelGroup, criterion: str) -> np.ndarray:
     return np.abs(norm.get_weights()[0])
 
 
-ROUND_TO = 8  # kept widths are multiples of 8: XNNPACK, MLAS and CMSIS-NN kernels work in blocks of 4-16 channels
+ROUND_TO = 4  # kept widths are multiples of 4: XNNPACK, MLAS and CMSIS-NN kernels work in blocks of 4-16 channels
 
 
 def kept_count(channels: int, ratio: float, round_to: int = 1) -> int:

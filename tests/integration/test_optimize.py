@@ -242,8 +242,8 @@ def test_channel_pruned_stage_goes_through_qat_export_and_firmware(run_copy, cap
     assert cqat["inputs"]["parent_sha256"] == run.model_sha256("channels")
     widths = json.loads((run_copy / "channels/metrics.json").read_text())["widths"]
     assert widths["conv_pw_13"] == [256, 128] and widths["conv_pw_1"] == [16, 8]
-    assert widths["conv1"] == [8, 8], "widths are multiples of 8: an 8-channel layer keeps its 8"
-    assert all(after % 8 == 0 for _, after in widths.values())
+    assert widths["conv1"] == [8, 4], "widths are multiples of 4 (the default): the 8-channel stem keeps 4"
+    assert all(after % 4 == 0 for _, after in widths.values())
     assert channels["metrics"]["macs"] < 0.35 * channels["metrics"]["macs_before"]
     model = run.load_model("cqat")[0]
     assert model.count_params() < 0.4 * run.load_model("finetune")[0].count_params()

@@ -63,13 +63,13 @@ def test_removing_channels_that_contribute_nothing_keeps_the_outputs(mobilenet):
         assert after == before - len(removed[name]) and thin.get_layer(name).filters == after
 
 
-@pytest.mark.parametrize("round_to", [1, 8])
+@pytest.mark.parametrize("round_to", [1, 4, 8])
 def test_shapes_follow_the_ratio(mobilenet, round_to):
     thin, widths = prune_channels(mobilenet, 0.3, "l2", round_to)
     for group in channel_groups(mobilenet):
         kept = kept_count(group.channels, 0.3, round_to)
         exact = group.channels * 0.7
-        assert kept == (round(exact) if round_to == 1 else min(group.channels, max(8, 8 * round(exact / 8))))
+        assert kept == (round(exact) if round_to == 1 else min(group.channels, max(round_to, round_to * round(exact / round_to))))
         assert thin.get_layer(group.producer).filters == kept
         consumer = thin.get_layer(group.consumer)
         assert consumer.get_weights()[0].shape[-2 if consumer.__class__.__name__ == "Conv2D" else 0] == kept
