@@ -29,28 +29,32 @@ OLD_RECOVERY = ["--epochs", "4", "--lr", "5e-4"]  # the recovery before 2026-11-
 RECOVERY = ["--epochs", "10", "--lr", "2e-3"]  # the fine-tune recipe (the default since 2026-11-30)
 TEACHER = ["--set", "optimize.channel_teacher=true"]
 QAT_AFTER = ["--qat", "--qat-from", "channels", "--epochs", "2"]  # the channels stage of the base variant
+ROUND8 = ["--set", "optimize.channel_round_to=8"]  # widths multiples of 8: the default until 2026-11-30
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "unpruned": ("the fine-tuned model, no pruning", []),
     "unpruned-qat": ("the fine-tuned model, quantization-aware trained (2 epochs)", ["--qat", "--epochs", "2"]),
     "ch30-l1": (
         "30 % of the channels, L1 norm of the filters, widths multiples of 8, recovery 4 epochs at 5e-4",
-        [*CUT30, "--channel-criterion", "l1", *OLD_RECOVERY],
+        [*CUT30, "--channel-criterion", "l1", *OLD_RECOVERY, *ROUND8],
     ),
     "ch30-l1-odd": (
         "30 %, L1, exact widths (45, 90, 179, ...), 4 epochs at 5e-4",
         [*CUT30, "--channel-criterion", "l1", *OLD_RECOVERY, "--set", "optimize.channel_round_to=1"],
     ),
-    "ch30-l1-r10": ("30 %, L1, recovered like a fine-tune: 10 epochs at 2e-3", [*CUT30, "--channel-criterion", "l1", *RECOVERY]),
+    "ch30-l1-r10": (
+        "30 %, L1, multiples of 8, recovered like a fine-tune: 10 epochs at 2e-3",
+        [*CUT30, "--channel-criterion", "l1", *RECOVERY, *ROUND8],
+    ),
     "ch30-l1-r10-teacher": (
-        "30 %, L1, 10 epochs at 2e-3, distilled from the unpruned model",
-        [*CUT30, "--channel-criterion", "l1", *RECOVERY, *TEACHER],
+        "30 %, L1, multiples of 8, 10 epochs at 2e-3, distilled from the unpruned model",
+        [*CUT30, "--channel-criterion", "l1", *RECOVERY, *TEACHER, *ROUND8],
     ),
     "ch30-bn-r10": (
-        "30 %, BatchNorm absolute scale instead of L1, 10 epochs at 2e-3",
-        [*CUT30, "--channel-criterion", "bn", *RECOVERY],
+        "30 %, BatchNorm absolute scale instead of L1, multiples of 8, 10 epochs at 2e-3",
+        [*CUT30, "--channel-criterion", "bn", *RECOVERY, *ROUND8],
     ),
     "ch30-l1-r10-rt4": (
-        "30 %, L1, 10 epochs at 2e-3, widths multiples of 4 (the 8-channel stem becomes 4)",
+        "30 %, L1, 10 epochs at 2e-3, widths multiples of 4 (the default since 2026-11-30: the 8-channel stem becomes 4)",
         [*CUT30, "--channel-criterion", "l1", *RECOVERY, "--set", "optimize.channel_round_to=4"],
     ),
     "ch30-l1-r10-qat": ("ch30-l1-r10, then quantization-aware training (2 epochs)", QAT_AFTER),
@@ -180,18 +184,45 @@ def collect(run: Path) -> dict:
     }
 
 
+def interleaved_table(work: Path) -> list[str]:
+    """The interleaved rounds (`--interleaved`): fastest round, and the median of each round's ratio to unpruned."""
+    path = work / "interleaved-latency.json"
+    if not path.exists():
+        return []
+    import numpy as np
+
+    result = json.loads(path.read_text())
+    rounds = {key: np.array(values) for key, values in result["rounds_ms"].items()}
+    lines = [
+        "",
+        f"Latency in interleaved rounds (`python bench/channels.py --interleaved`, {result['rounds']} rounds, one core): each"
+        " round times every file below for 1 s in turn, so the host's speed drift falls on all of them alike. Cell: the"
+        " fastest round's median, ms (the median over rounds of the ratio to the unpruned file measured in the same round).",
+        "",
+        "| variant | " + " | ".join(f"{column} ms" for column in FILES) + " |",
+        "|---|" + "---:|" * len(FILES),
+    ]
+    for name in result["p50_ms"]:
+        cells = []
+        for column in FILES:
+            mine, base = rounds[f"{name} / {column}"], rounds[f"unpruned / {column}"]
+            cells.append(f"{mine.min():.3f} ({np.median(mine / base):.2f}x)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_doc(work: Path) -> None:
     found = {name: collect(work / name) for name in VARIANTS if (work / name / "firmware").is_dir()}
     base = found.get("unpruned")
     lines = [
         "## Channel pruning on the device (issue 12)",
         "",
-        f"- Measured {today()} at edgecls {git_sha()} on {machine()}.",
+        f"- Table written {today()} at edgecls {git_sha()} on {machine()}; when each row was trained and timed: the notes.",
         "- Source: the default job's run (`bench-runs/default-job`, MobileNet v1 0.25 @128 px, 0.8885 float); data: the full "
         "JPEG CIFAR-10 of ../shared, accuracies on all 10,000 test images; int8 = post-training, per-channel (the default), "
         "except the -qat rows (quantization-aware trained).",
         "- Reproduce: `python bench/channels.py bench-runs/default-job`, then on a quiet machine `python bench/channels.py "
-        "--latency`, then `python bench/channels.py --write`.",
+        "--latency` and `python bench/channels.py --interleaved`, then `python bench/channels.py --write`.",
         "- Latency, 1 thread, median of 5 windows of 2 s: LiteRT through `edgecls bench` (XNNPACK, `invoke` only), and "
         "TFLite Micro's `invoke` of the int8 file on this host (`tflm_latency` in the script): its portable kernels, a proxy "
         "for how compute on a Cortex-M without CMSIS-NN scales, not a device time.",
@@ -226,6 +257,7 @@ def write_doc(work: Path) -> None:
     missing = [name for name in VARIANTS if name not in found]
     if missing:
         lines += ["", "Not measured yet: " + ", ".join(missing) + "."]
+    lines += interleaved_table(work)
     lines += ["", "Commands per variant (RUN = a copy of the source run):", ""]
     for name, (_, flags) in VARIANTS.items():
         if name not in found:

@@ -61,7 +61,7 @@ def write_doc(work: Path) -> None:
     lines = [
         "## `--fit PROFILE` on the default model (issue 12)",
         "",
-        f"- Measured {today()} at edgecls {git_sha()} on {machine()}.",
+        f"- Table written {today()} at edgecls {git_sha()} on {machine()}; when each row was searched: the notes.",
         "- Source: the default job's run (`bench-runs/default-job`, MobileNet v1 0.25 @128 px, 0.8885 float, 0.8845 int8); "
         "data: the full JPEG CIFAR-10 of ../shared; accuracies on all 10,000 test images. Budgets: the profile's flash "
         "minus 64 KiB for the application, its RAM minus 16 KiB, the arena with the firmware's 10 % margin.",
