@@ -281,10 +281,10 @@ class OptimizeConfig:
             overriding `prune_channels` for the layers it names.
         channel_criterion: What ranks the channels: `l1` or `l2` norm of the filters,
             or `bn`, the |scale| of the BatchNorm after them. Defaults to `l1`.
-        channel_round_to: Kept widths are multiples of this (1: exactly the share). Defaults to 4: odd widths
-            ran 2x slower on ONNX Runtime than the unpruned model; multiples of 4 cut the 8-channel stem
-            that multiples of 8 keep, for a 35 % smaller TFLite Micro arena at 30 % instead of 25 % and the
-            same accuracy, while ONNX Runtime's int8 ran them slower than multiples of 8 (docs/benchmarks.md).
+        channel_round_to: Kept widths are multiples of this (1: exactly the share). Defaults to 4: with
+            30 % removed, multiples of 4 (which cut the 8-channel stem that multiples of 8 keep) shrank the
+            TFLite Micro arena by 35 % instead of 25 % at the same accuracy; ONNX Runtime ran odd widths 2x
+            slower, and its int8 ran multiples of 4 slower than multiples of 8 (docs/benchmarks.md).
         channel_teacher: Recover the channel-pruned model by distillation from the
             unpruned one (`edgecls.distill`). Defaults to False.
         distill_alpha: Weight of the hard-label loss when distilling, in [0, 1]. Defaults to 0.5.
