@@ -7,9 +7,11 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the scripts import edgecls from this checkout
 DOC = ROOT / "docs" / "benchmarks.md"
 SHARED = Path(os.environ.get("EDGECLS_SHARED", ROOT.parent / "shared"))
 CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
@@ -87,9 +89,6 @@ class FinalStage:
     """What the later stages measured of a run's final (most optimized exported) stage, read through edgecls' records."""
 
     def __init__(self, path: Path) -> None:
-        import sys
-
-        sys.path.insert(0, str(ROOT))
         from edgecls.export import choose_exported_stage
         from edgecls.records import bench_record, firmware_records, validation_record
         from edgecls.run import RunDir

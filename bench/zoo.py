@@ -18,14 +18,12 @@ import argparse
 import datetime as dt
 import json
 import shlex
-import sys
 import time
 from pathlib import Path
 
 from common import CIFAR_JPEG, ROOT, SHARED, FinalStage, git_sha, machine, run_edgecls, today, write_section
 
-sys.path.insert(0, str(ROOT))
-from edgecls.run import RunDir  # noqa: E402
+from edgecls.run import RunDir
 
 RUNS = ROOT / "bench-runs" / "zoo"
 DOC = ROOT / "docs" / "model_zoo.md"

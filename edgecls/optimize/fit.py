@@ -171,24 +171,27 @@ def measure_widths(name: str, alphas: tuple[float, ...], sizes: list[int], num_c
     is rejected without a conversion.
     """
     from edgecls.models import create_model, get_spec
+    from edgecls.models.resize import with_input_size
     from edgecls.models.stats import model_stats
     from edgecls.runtimes import measure_arenas_isolated
     from edgecls.train import reestimate_batchnorm
 
     measured, flatbuffers = [], []
     for alpha in alphas:
+        model, _ = create_model(name, num_classes=num_classes, input_size=max(sizes), alpha=alpha, weights="none")
+        if model.count_params() <= budget.model_flash:
+            # untrained, the activations vanish layer after layer (int8 scales of 1e-8 on which TFLite Micro
+            # aborts): BatchNorm statistics of random images give every layer a unit-scale output, as trained ones have
+            images = np.random.default_rng(0).integers(0, 256, (64, max(sizes), max(sizes), 3), dtype=np.uint8)
+            reestimate_batchnorm(model, images, mode=get_spec(name).preprocessing)
         for size in sizes:
-            model, _ = create_model(name, num_classes=num_classes, input_size=size, alpha=alpha, weights="none")
-            stat = model_stats(model)
+            sized = with_input_size(model, size)
+            stat = model_stats(sized)
             if stat["params"] > budget.model_flash:
                 why = f"{stat['params']:,} parameters > {budget.model_flash:,} B of flash (at least a byte each in int8)"
                 measured.append(Candidate(0.0, size, stat["macs"], stat["params"], 0, 0, 0, False, why, alpha=alpha))
                 continue
-            # untrained, the activations vanish layer after layer (int8 scales of 1e-8 on which TFLite Micro
-            # aborts): BatchNorm statistics of random images give every layer a unit-scale output, as trained ones have
-            images = np.random.default_rng(0).integers(0, 256, (64, size, size, 3), dtype=np.uint8)
-            reestimate_batchnorm(model, images, mode=get_spec(name).preprocessing)
-            flatbuffers.append(throwaway_int8(model))
+            flatbuffers.append(throwaway_int8(sized))
             measured.append(Candidate(0.0, size, stat["macs"], stat["params"], len(flatbuffers[-1]), 0, 0, False, alpha=alpha))
     converted = [c for c in measured if c.int8_bytes]
     for candidate, arena in zip(converted, measure_arenas_isolated(flatbuffers) if flatbuffers else [], strict=True):
