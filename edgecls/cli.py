@@ -244,7 +244,8 @@ def optimize(
     ] = None,
     channel_criterion: Annotated[str | None, typer.Option(help="Channel ranking: l1 | l2 | bn.")] = None,
     fit: Annotated[
-        str | None, typer.Option(help="Device profile: the share of channels and input size whose int8 file and arena fit it.")
+        str | None,
+        typer.Option(help="Device profile: channel share and input size that fit it (MCU: flash, arena; Linux: size, p50, RAM)."),
     ] = None,
     distribute: Annotated[str | None, typer.Option(help="auto | none | mirrored (all local GPUs).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo a finished stage.")] = False,

@@ -285,25 +285,40 @@ def test_fit_rejects_an_impossible_budget_before_training(run_copy, tmp_path, ca
     assert snapshot(run_copy) == before
 
 
+def test_fit_to_a_linux_latency_budget_no_model_meets_is_one_error(run_copy, tmp_path, capsys):
+    from conftest import assert_one_error, snapshot
+
+    profile = tmp_path / "tiny-linux.yaml"
+    profile.write_text("name: tiny-linux\nkind: linux\nmax_p50_ms: 0.0001\n")
+    before = snapshot(run_copy)
+    code, out, err = run_cli(["optimize", run_copy, "--fit", profile, "--epochs", "1"], capsys)
+    assert_one_error(code, err, 1, "no model fits `tiny-linux`: even with 70% of the channels removed at 32 px, p50 ")
+    assert "ms > 0.0001 ms" in err and snapshot(run_copy) == before
+
+
 def test_fit_chooses_a_fitting_share_by_validation_accuracy(run_copy, tmp_path, capsys):
-    """A flash budget of 60 % of the unpruned int8 file: 0-20 % removed cannot fit, 30 % and more can."""
+    """A Linux model-file budget of 60 % of the unpruned int8 file: 0-20 % removed cannot fit, 30 % and more can.
+
+    Latency and memory budgets far above any measurement: every candidate is timed, none rejected for it.
+    """
     from edgecls.optimize import fit
 
     model = RunDir(run_copy).load_model("finetune")[0]
     full = len(fit.throwaway_int8(model))
     flash = int(0.6 * full) + fit.METADATA_ALLOWANCE
-    profile = tmp_path / "small-mcu.yaml"
-    profile.write_text(f"name: small-mcu\nkind: mcu\nflash_bytes: {flash}\nram_bytes: 1048576\n")
-    args = ["optimize", run_copy, "--fit", profile, "--epochs", "1", "--set", "optimize.fit_flash_reserve=0",
-            "--set", "optimize.fit_trials=1"]  # fmt: skip
+    profile = tmp_path / "small-linux.yaml"
+    profile.write_text(f"name: small-linux\nkind: linux\nmax_model_bytes: {flash}\nmax_p50_ms: 1000\nmax_ram_mib: 100000\n")
+    args = ["optimize", run_copy, "--fit", profile, "--epochs", "1", "--set", "optimize.fit_trials=1"]
     code, out, err = run_cli(args, capsys)
     assert code == 0, out + err
-    report = json.loads((run_copy / "fit/small-mcu/fit.json").read_text())
+    report = json.loads((run_copy / "fit/small-linux/fit.json").read_text())
     candidates = {c["ratio"]: c for c in report["candidates"]}
     assert len(candidates) == 8
     assert [r for r, c in candidates.items() if not c["trained"] and c["fits"]] == [0.3, 0.4, 0.5, 0.6, 0.7][len(trained := [
         r for r, c in candidates.items() if c["trained"]]):]  # fmt: skip
-    assert all("of flash" in c["why_not"] for c in candidates.values() if not c["fits"])
+    assert all("for the model file" in c["why_not"] for c in candidates.values() if not c["fits"])
+    assert all(0 < c["p50_ms"] < 1000 and c["peak_rss_mib"] > 10 and c["arena_bytes"] == 0 for c in candidates.values())
+    assert "Budgets: model file" in (run_copy / "fit/small-linux/fit.md").read_text()
     kept = [r for r in trained if candidates[r]["fits"]]
     assert trained == [0.3, 0.4, 0.5, 0.6, 0.7][: len(trained)] and kept == trained[-1:]  # most MACs first, until one fits
     assert all(candidates[r]["why_not"].startswith("after training") for r in trained if r not in kept)
@@ -368,6 +383,7 @@ def test_fit_searches_the_input_size_and_every_later_stage_takes_it(tmp_path, ca
     assert [(c["alpha"], c["input_size"]) for c in widths] == [(0.5, 40), (0.75, 40), (1.0, 40)]
     (chosen,) = [c for c in candidates if c["chosen"]]
     assert (chosen["ratio"], chosen["input_size"], chosen["arena_bytes"]) == (0.0, 40, at_40.arena_bytes)
+    assert all(c["p50_ms"] > 0 for c in candidates + widths if c["int8_bytes"])  # timed for the table, judged only on Linux
     run = RunDir(run_path)
     assert run.stage("channels")["metrics"]["input_size"] == 40
     assert run.load_model("channels")[0].input_shape == (None, 40, 40, 3)
