@@ -142,11 +142,12 @@ def _load_keras_archive(path: Path, *, safe_mode: bool):
     """tf-keras' `.keras` loading (`saving_lib.load_model`, uncompiled), with the weights read from an extracted file.
 
     tf-keras reads `model.weights.h5` through `zipfile` inside the archive, where every backward
-    seek of h5py re-reads the entry from its start: 11 s for MobileNetV2 1.0, 80 s for ResNet50
-    (keras-team/keras#19793). Keras 3 extracts the file first (keras-team/keras#19852); tf-keras
-    2.21 does not, so this does: the same deserialization (saving v3 on, shared objects, `safe_mode`)
-    and the same state loader, on a real file (under a second for either model). An archive with
-    assets or without `model.weights.h5` goes to `tf_keras.models.load_model` unchanged.
+    seek of h5py re-reads the entry from its start (keras-team/keras#19793): a fine-tuned
+    MobileNetV2 1.0 file, which also holds the optimizer's state, took 10 s, ResNet50 @128 untrained
+    10.5 s (docs/benchmarks.md, "Conversion and loading speed"). Keras 3 extracts the file first
+    (keras-team/keras#19852); tf-keras 2.21 does not, so this does: the same deserialization (saving
+    v3 on, shared objects, `safe_mode`) and the same state loader, on a real file (2 s and 2.6 s).
+    An archive with assets or without `model.weights.h5` goes to `tf_keras.models.load_model`.
     """
     import tempfile
 
