@@ -290,7 +290,8 @@ class OptimizeConfig:
         distill_alpha: Weight of the hard-label loss when distilling, in [0, 1]. Defaults to 0.5.
         temperature: Distillation temperature (> 0). Defaults to 4.
         fit: A device profile (name or YAML path): search the share of channels to remove and
-            the input size so that the int8 file and the TFLite Micro arena fit it (`edgecls.optimize.fit`);
+            the input size so that the int8 file fits it (`edgecls.optimize.fit`): flash and the TFLite Micro
+            arena for a microcontroller, file size, LiteRT p50 and memory on this machine for a Linux profile;
             the backbone's other ImageNet widths are measured too and the widest that fits is named
             (a fine-tune of its own: not trained by `fit`).
         fit_input_sizes: Input sizes `fit` searches. Defaults to the fine-tuned size and 7/8 and 3/4
