@@ -513,6 +513,9 @@ class ValidateConfig:
         min_agreement_fp16: The same for fp16. Defaults to 0.995.
         max_int8_drop: Accuracy points a dynamic-range or int8 file may lose, in [0, 100]. Defaults to 1.0.
         tflm_images: Test images (stratified) for the TFLite Micro rows; 0 for none. Defaults to 200.
+        min_agreement_tflm: Top-1 agreement a TFLite Micro row needs with LiteRT on the same int8
+            file and images, in [0, 1] (its accuracy is judged by the LiteRT row, on every image).
+            Defaults to 0.99.
     """
 
     stage: str | None = None
@@ -520,10 +523,11 @@ class ValidateConfig:
     min_agreement_fp16: float = 0.995
     max_int8_drop: float = 1.0
     tflm_images: int = 200
+    min_agreement_tflm: float = 0.99
 
     def __post_init__(self) -> None:
         _check_stage("validate.stage", self.stage)
-        for key in ("min_agreement_fp32", "min_agreement_fp16"):
+        for key in ("min_agreement_fp32", "min_agreement_fp16", "min_agreement_tflm"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 _fail(f"validate.{key}", "a fraction in [0, 1]", getattr(self, key))
         if not 0.0 <= self.max_int8_drop <= 100.0:

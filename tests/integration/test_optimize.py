@@ -394,7 +394,8 @@ def test_fit_searches_the_input_size_and_every_later_stage_takes_it(tmp_path, ca
 
     flatbuffer = (run_path / "export/channels/model_int8.tflite").read_bytes()
     assert input_shape(flatbuffer) == [1, 40, 40, 3] and read_metadata(flatbuffer)["input_size"] == 40
-    code, out, err = run_cli(["validate", run_path, "--tflm-images", "4", "--max-int8-drop", "100"], capsys)
+    args = ["validate", run_path, "--tflm-images", "4", "--max-int8-drop", "100", "--set", "validate.min_agreement_tflm=0"]
+    code, out, err = run_cli(args, capsys)  # an untrained model's near-tied scores may flip between TFLM and LiteRT
     assert code == 0, out + err
     rows = json.loads((run_path / "validate.json").read_text())["rows"]
     assert {r["runtime"] for r in rows} == {"litert", "tflite-micro"} and all(r["status"] == "pass" for r in rows)

@@ -24,6 +24,7 @@ CI_SIZE = [
     "--set", "bench.runs=5", "--set", "bench.warmup=1", "--set", "bench.threads=1", "--set", "bench.windows=1",
     "--set", "bench.window_seconds=0",
     "--set", "validate.max_int8_drop=25",  # 10 TFLM images (1 image = 10 pp), a model trained 2 epochs at 64 px
+    "--set", "validate.min_agreement_tflm=0.8",  # its near-tied scores flip between TFLM's and LiteRT's int8 kernels
 ]  # fmt: skip
 
 

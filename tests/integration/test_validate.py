@@ -22,6 +22,8 @@ def test_gate_rules():
     assert gate.judge("int8", 0.5, -0.9) is None
     assert gate.judge("int8", 0.99, -1.2) == "accuracy -1.20 pp vs Keras, allowed -1.0"
     assert Gate(int8_max_drop_pp=2.0).judge("dynamic", 0.9, -1.5) is None
+    assert gate.judge_micro(1.0) is None and gate.judge_micro(0.99) is None
+    assert gate.judge_micro(0.985) == "agreement with LiteRT 0.9850 < 0.99"
 
 
 def test_parity_table(tiny_exported_run, tmp_path, capsys):
@@ -39,7 +41,9 @@ def test_parity_table(tiny_exported_run, tmp_path, capsys):
         assert rows[key]["agreement"] == 1.0 and rows[key]["max_abs_error"] < 1e-4
         assert rows[key]["delta_pp"] == 0.0 and rows[key]["status"] == "pass"
         assert rows[key]["images"] == 18
-    assert rows[("model_int8.tflite", "tflite-micro")]["images"] == 9
+    micro = rows[("model_int8.tflite", "tflite-micro")]
+    assert micro["images"] == 9 and micro["litert_agreement"] >= 0.99 and micro["status"] == "pass"  # the same file
+    assert "(agrees with LiteRT on " in (run / "validate.md").read_text()
     int8 = rows[("model_int8.tflite", "litert")]
     assert int8["accuracy"] == pytest.approx(int8["keras_accuracy"] + int8["delta_pp"] / 100)
     assert 0 < int8["mean_abs_error"] <= int8["max_abs_error"] <= 1

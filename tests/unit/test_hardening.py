@@ -421,6 +421,7 @@ def test_empty_files_are_refused_or_mean_the_defaults(tmp_path, capsys, kind):
         (b"bench:\n  threads: [0]\n", "`bench.threads` must be positive integers"),
         (b"firmware:\n  arena_margin: 3\n", "`firmware.arena_margin` must be in [0, 1]"),
         (b"validate:\n  tflm_images: -1\n", "`validate.tflm_images` must be zero or more"),
+        (b"validate:\n  min_agreement_tflm: 1.5\n", "`validate.min_agreement_tflm` must be a fraction in [0, 1]"),
         (b"model:\n  name: [mobilenet]\n", "`model.name` must be a string"),
     ],
 )
