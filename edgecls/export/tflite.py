@@ -32,16 +32,21 @@ def keras_converter(model):
     """A `TFLiteConverter` for tf-keras `model` that traces the model's call once.
 
     `TFLiteConverter.from_keras_model` first saves the whole model as a SavedModel, which traces
-    every layer's call again (about 20 s for MobileNet v1 0.25, most of a conversion). Saving one
+    every layer's call again (most of the 12 s for MobileNet v1 0.25 @128, bench/convert_speed.py). Saving one
     serving function over the model's variables instead gives the same flatbuffer — the same ops,
     tensor names, quantization, file size and `serving_default` signature (input named after the
     Keras input, output after the Keras output layer) — three to five times faster.
+
+    Raises:
+        ConversionError: the model has more than one input or output.
     """
     import tensorflow as tf
 
-    (keras_input,) = model.inputs
+    if len(model.inputs) != 1 or len(model.output_names) != 1:
+        raise ConversionError(f"a classifier has one input and one output; this model has {len(model.inputs)} and"
+                              f" {len(model.output_names)}.")  # fmt: skip
+    (keras_input,), (output_name,) = model.inputs, model.output_names
     spec = tf.TensorSpec(model.input_shape, keras_input.dtype, name=keras_input.name.split(":")[0])
-    (output_name,) = model.output_names
     serve = tf.function(lambda images: {output_name: model(images, training=False)}, input_signature=[spec])
     holder = tf.Module()
     holder.model_variables, holder.serve = list(model.variables), serve  # saved with the signature, as the model's would be
