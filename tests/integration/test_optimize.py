@@ -274,26 +274,24 @@ def test_qat_from_continues_the_channels_stage_an_earlier_call_wrote(run_copy, c
     assert widths == [128], "QAT trained the 50 % thinner model (conv_pw_13: 256 -> 128 channels)"
 
 
-def test_fit_rejects_an_impossible_budget_before_training(run_copy, tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("profile_text", "messages"),
+    [
+        ("name: tiny-mcu\nkind: mcu\nflash_bytes: 20000\nram_bytes: 8192\n",
+         ["no model fits `tiny-mcu`: even with 70% of the channels removed"]),
+        ("name: tiny-linux\nkind: linux\nmax_p50_ms: 0.0001\n",  # a latency no model meets
+         ["no model fits `tiny-linux`: even with 70% of the channels removed at 32 px, p50 ", "ms > 0.0001 ms"]),
+    ],
+)  # fmt: skip
+def test_fit_rejects_an_impossible_budget_before_training(run_copy, tmp_path, capsys, profile_text, messages):
     from conftest import assert_one_error, snapshot
 
-    profile = tmp_path / "tiny-mcu.yaml"
-    profile.write_text("name: tiny-mcu\nkind: mcu\nflash_bytes: 20000\nram_bytes: 8192\n")
+    profile = tmp_path / "impossible.yaml"
+    profile.write_text(profile_text)
     before = snapshot(run_copy)
     code, out, err = run_cli(["optimize", run_copy, "--fit", profile, "--epochs", "1"], capsys)
-    assert_one_error(code, err, 1, "no model fits `tiny-mcu`: even with 70% of the channels removed")
-    assert snapshot(run_copy) == before
-
-
-def test_fit_to_a_linux_latency_budget_no_model_meets_is_one_error(run_copy, tmp_path, capsys):
-    from conftest import assert_one_error, snapshot
-
-    profile = tmp_path / "tiny-linux.yaml"
-    profile.write_text("name: tiny-linux\nkind: linux\nmax_p50_ms: 0.0001\n")
-    before = snapshot(run_copy)
-    code, out, err = run_cli(["optimize", run_copy, "--fit", profile, "--epochs", "1"], capsys)
-    assert_one_error(code, err, 1, "no model fits `tiny-linux`: even with 70% of the channels removed at 32 px, p50 ")
-    assert "ms > 0.0001 ms" in err and snapshot(run_copy) == before
+    assert_one_error(code, err, 1, messages[0])
+    assert all(message in err for message in messages[1:]) and snapshot(run_copy) == before
 
 
 def test_fit_chooses_a_fitting_share_by_validation_accuracy(run_copy, tmp_path, capsys):
