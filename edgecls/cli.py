@@ -157,6 +157,9 @@ def finetune(
     teacher: Annotated[str | None, typer.Option(help="A finished run whose model teaches this one (distillation).")] = None,
     distill_alpha: Annotated[float | None, typer.Option(help="Weight of the hard labels (1 - alpha: the teacher).")] = None,
     temperature: Annotated[float | None, typer.Option(help="Distillation temperature.")] = None,
+    distill_targets: Annotated[
+        str | None, typer.Option(help="online (teacher on every batch) | cached (teacher once, before training).")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Run folder name (default <model>-<strategy>).")] = None,
     runs_dir: Annotated[str | None, typer.Option(help="Parent folder of runs.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing run folder.")] = False,
@@ -195,6 +198,7 @@ def finetune(
         "train.teacher": teacher,
         "train.distill_alpha": distill_alpha,
         "train.temperature": temperature,
+        "train.distill_targets": distill_targets,
         "run.name": name,
         "run.runs_dir": runs_dir,
     }

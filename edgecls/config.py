@@ -193,6 +193,10 @@ class TrainConfig:
             teaches this one (`edgecls.distill`, the Keras distillation pattern); None for none.
         distill_alpha: Weight of the hard labels; 1 - alpha weighs the teacher's soft targets. Defaults to 0.5.
         temperature: Softens both distributions in the distillation term. Defaults to 4.0.
+        distill_targets: `online` runs the teacher on every augmented training batch (the Keras
+            pattern); `cached` runs it once on the un-augmented training and validation images
+            before training (`edgecls.distill.teacher_outputs`; needs the images in memory), so
+            an epoch costs what it costs without a teacher. Defaults to `online`.
     """
 
     strategy: Literal["frozen", "partial", "full"] = "full"
@@ -214,6 +218,7 @@ class TrainConfig:
     teacher: str | None = None
     distill_alpha: float = 0.5
     temperature: float = 4.0
+    distill_targets: Literal["online", "cached"] = "online"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.distill_alpha <= 1.0:
@@ -646,6 +651,9 @@ class EdgeConfig:
                 self.train.unfreeze,
                 "Use `--strategy full` to unfreeze everything.",
             )
+        if self.train.teacher and self.train.distill_targets == "cached" and self.data.mode == "stream":
+            _fail("train.distill_targets", "`online` with a streamed data set (data.mode)", "cached",
+                  "Cached teacher outputs need the training images in memory.")  # fmt: skip
 
     @property
     def run_name(self) -> str:

@@ -5,7 +5,11 @@
     alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 on the same augmented batch (Keras' "Knowledge Distillation" example, with the T^2 factor that keeps
-the soft-target gradients on the hard-target scale). edgecls heads end in a softmax, so the logits
+the soft-target gradients on the hard-target scale). With no teacher model, the batches carry the
+teacher's outputs themselves, `(images, (labels, teacher_outputs))`: `teacher_outputs` computes them
+once on the un-augmented images ("cached" targets), so an epoch costs a student epoch and not a
+teacher forward pass more; the price is that the student's random crop and flip see the target of
+the whole, unflipped image. edgecls heads end in a softmax, so the logits
 are recovered as log-probabilities, which differ from the pre-softmax logits by a per-image constant
 that the tempered softmax cancels. Only the student is trained and saved: a plain model that
 optimize, export and firmware take unchanged.
@@ -13,6 +17,7 @@ optimize, export and firmware take unchanged.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -45,15 +50,34 @@ def distillation_loss(
     return tf.reduce_mean(alpha * hard + (1.0 - alpha) * temperature**2 * kl)
 
 
-class Distiller(tf_keras.Model):
-    """Trains `student` toward labels and `teacher`'s tempered outputs; evaluation is the student's alone."""
+def teacher_outputs(teacher, images: np.ndarray, *, batch_size: int, mode: str) -> np.ndarray:
+    """The teacher's softmax outputs [N, classes] on un-augmented uint8 `images`, for cached distillation.
 
-    def __init__(self, student, teacher, *, alpha: float = 0.5, temperature: float = 4.0, label_smoothing: float = 0.0):
+    The batches are preprocessed like the student's (`mode`) and resized to the teacher's input
+    size as `Distiller` does online, so both modes give the teacher the same pixels.
+    """
+    from edgecls.data.pipeline import eval_dataset
+
+    batches = eval_dataset(images, None, num_classes=0, batch_size=batch_size, mode=mode)
+    size = tuple(teacher.input_shape[1:3])
+    if tuple(images.shape[1:3]) != size:
+        batches = batches.map(lambda batch: tf.image.resize(batch, size))
+    return np.asarray(teacher.predict(batches, verbose=0), dtype=np.float32)
+
+
+class Distiller(tf_keras.Model):
+    """Trains `student` toward labels and the teacher's tempered outputs; evaluation is the student's alone.
+
+    With `teacher=None`, every batch brings the teacher's outputs: `(images, (labels, outputs))`.
+    """
+
+    def __init__(self, student, teacher=None, *, alpha: float = 0.5, temperature: float = 4.0, label_smoothing: float = 0.0):
         super().__init__()
         self.student, self.teacher = student, teacher
-        self.teacher.trainable = False
+        if teacher is not None:
+            self.teacher.trainable = False
+            self.teacher_size = tuple(teacher.input_shape[1:3])
         self.alpha, self.temperature, self.label_smoothing = alpha, temperature, label_smoothing
-        self.teacher_size = tuple(teacher.input_shape[1:3])
         self.loss_tracker = tf_keras.metrics.Mean(name="loss")
         self.accuracy = tf_keras.metrics.CategoricalAccuracy(name="accuracy")
 
@@ -77,14 +101,21 @@ class Distiller(tf_keras.Model):
             images = tf.image.resize(images, self.teacher_size)
         return self.teacher(images, training=False)
 
+    def _unpack(self, data):
+        """(images, labels, teacher outputs) of a batch: computed online, or carried by the batch."""
+        images, targets = data
+        if self.teacher is None:
+            labels, teacher = targets
+            return images, labels, teacher
+        return images, targets, self._teacher(images)
+
     def _loss(self, labels, student, teacher):
         return distillation_loss(
             labels, student, teacher, alpha=self.alpha, temperature=self.temperature, label_smoothing=self.label_smoothing
         )
 
     def train_step(self, data):
-        images, labels = data
-        teacher = self._teacher(images)
+        images, labels, teacher = self._unpack(data)
         with tf.GradientTape() as tape:
             student = self.student(images, training=True)
             loss = self._loss(labels, student, teacher) + tf.add_n(self.student.losses or [tf.constant(0.0)])
@@ -95,8 +126,8 @@ class Distiller(tf_keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
-        images, labels = data
+        images, labels, teacher = self._unpack(data)
         student = self.student(images, training=False)
-        self.loss_tracker.update_state(self._loss(labels, student, self._teacher(images)))
+        self.loss_tracker.update_state(self._loss(labels, student, teacher))
         self.accuracy.update_state(labels, student)
         return {m.name: m.result() for m in self.metrics}

@@ -301,10 +301,25 @@ def fit_phases(
 
 
 def distiller(student, teacher, cfg: TrainConfig):
-    """The Keras distillation model of one phase: `student` trained toward labels and `teacher`."""
+    """The Keras distillation model of one phase: `student` trained toward labels and `teacher`.
+
+    With cached targets the batches carry the teacher's outputs, and the teacher model is not run.
+    """
     from edgecls.distill import Distiller
 
-    return Distiller(student, teacher, alpha=cfg.distill_alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
+    online = None if cfg.distill_targets == "cached" else teacher
+    return Distiller(student, online, alpha=cfg.distill_alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
+
+
+def cache_teacher_outputs(teacher, dataset, batch_size: int, preprocessing: str) -> tuple[dict[str, np.ndarray], float]:
+    """The teacher's outputs on the (un-augmented) training and validation images, and the seconds they took."""
+    from edgecls.distill import teacher_outputs
+
+    start = time.perf_counter()
+    splits = {"train": dataset.train, "val": dataset.val}
+    outputs = {name: teacher_outputs(teacher, split.images, batch_size=batch_size, mode=preprocessing)
+               for name, split in splits.items() if len(split) > 0}  # fmt: skip
+    return outputs, time.perf_counter() - start
 
 
 def load_teacher(path: str, class_names: list[str], preprocessing: str, *, trust: bool = False):
@@ -473,7 +488,11 @@ def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, 
         teacher, teacher_info = (None, None)
         if cfg.train.teacher:
             teacher, teacher_info = load_teacher(cfg.train.teacher, dataset.class_names, preprocessing)
-            teacher_info.update(alpha=cfg.train.distill_alpha, temperature=cfg.train.temperature)
+            teacher_info.update(alpha=cfg.train.distill_alpha, temperature=cfg.train.temperature,
+                                targets=cfg.train.distill_targets)  # fmt: skip
+            if cfg.train.distill_targets == "cached" and not hasattr(dataset.train, "images"):
+                raise ConfigError("train.distill_targets=cached needs the training images in memory; this data set is"
+                                  " streamed (data.mode): use `online`, or `--set data.mode=memory`.")  # fmt: skip
     if not resume:
         run.create(force=force)
         atomic_write_text(run.file("config.yaml"), cfg.to_yaml() + _placement_note(cfg, placement))
@@ -511,6 +530,9 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
     from edgecls.data.pipeline import eval_dataset, training_dataset
 
     batch = cfg.data.batch_size  # global: per replica x replicas
+    cached, cache_seconds = {}, None
+    if teacher is not None and cfg.train.distill_targets == "cached":
+        cached, cache_seconds = cache_teacher_outputs(teacher, dataset, batch, preprocessing)
     train_ds = training_dataset(
         dataset.train,
         num_classes=dataset.num_classes,
@@ -518,6 +540,7 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
         mode=preprocessing,
         augment=cfg.data.augment,
         seed=cfg.run.seed,
+        soft_targets=cached.get("train"),
     )
     has_val = len(dataset.val) > 0
     val_ds = None
@@ -528,6 +551,7 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
             num_classes=dataset.num_classes,
             batch_size=batch,
             mode=preprocessing,
+            soft_targets=cached.get("val"),
         )
     steps_per_epoch = -(-len(dataset.train) // batch)
     multi_worker = placement.kind == "multi-worker"
@@ -536,6 +560,8 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
     select_best = selection == "best"
     plan = {"epochs_planned": cfg.train.epochs, "warmup_epochs": cfg.train.warmup_epochs,
             "steps_planned": cfg.train.epochs * steps_per_epoch, "selection": selection}  # fmt: skip
+    if cache_seconds is not None:
+        plan["teacher_outputs_seconds"] = round(cache_seconds, 1)
     if multi_worker:  # the same number of steps on every worker: whole global batches of an endless stream
         steps_per_epoch = max(1, len(dataset.train) // batch)
         train_ds = shard_for_workers(train_ds.repeat(), by_data=True)

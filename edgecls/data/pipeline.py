@@ -95,6 +95,7 @@ def train_dataset(
     mode: str,
     augment: Sequence[str],
     seed: int,
+    soft_targets: np.ndarray | None = None,
 ):
     """Training pipeline: reshuffled every epoch, augmented, one-hot labels.
 
@@ -106,18 +107,20 @@ def train_dataset(
         mode: Backbone preprocessing (see `preprocess`).
         augment: Names from `edgecls.config.AUGMENTATIONS`.
         seed: Seeds the shuffle and the augmentation stream.
+        soft_targets: float [N, classes], e.g. a teacher's outputs: each batch's labels become
+            `(one_hot, soft_targets[batch])` (`edgecls.distill`, cached targets).
     """
     import tensorflow as tf
 
     gather = _gather_batches(images)
-    labels_t = tf.convert_to_tensor(labels.astype(np.int32))
+    target = _targets(labels, num_classes, soft_targets)
     augment = tuple(augment)
 
     def load(batch_seed, index):
         batch = gather(index)
         if augment:
             batch = augment_batch(batch, augment, batch_seed)
-        return preprocess(batch, mode), tf.one_hot(tf.gather(labels_t, index), num_classes)
+        return preprocess(batch, mode), target(index)
 
     indices = tf.data.Dataset.range(len(images)).shuffle(len(images), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
     # One stateless seed pair per batch, new every epoch and reproducible from `seed`.
@@ -129,18 +132,38 @@ def train_dataset(
     )
 
 
-def eval_dataset(images: np.ndarray, labels: np.ndarray | None, *, num_classes: int, batch_size: int, mode: str):
-    """Evaluation pipeline: in order, no augmentation; one-hot labels when given."""
+def _targets(labels: np.ndarray, num_classes: int, soft_targets: np.ndarray | None):
+    """A tf function `index -> one-hot labels`, or `-> (one-hot labels, soft targets)` when given."""
+    import tensorflow as tf
+
+    labels_t = tf.convert_to_tensor(labels.astype(np.int32))
+    soft_t = None if soft_targets is None else tf.convert_to_tensor(soft_targets.astype(np.float32))
+
+    def target(index):
+        one_hot = tf.one_hot(tf.gather(labels_t, index), num_classes)
+        return one_hot if soft_t is None else (one_hot, tf.gather(soft_t, index))
+
+    return target
+
+
+def eval_dataset(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    num_classes: int,
+    batch_size: int,
+    mode: str,
+    soft_targets: np.ndarray | None = None,
+):
+    """Evaluation pipeline: in order, no augmentation; one-hot labels when given (and soft targets, as in training)."""
     import tensorflow as tf
 
     gather = _gather_batches(images)
-    labels_t = None if labels is None else tf.convert_to_tensor(labels.astype(np.int32))
+    target = None if labels is None else _targets(labels, num_classes, soft_targets)
 
     def load(index):
         batch = preprocess(gather(index), mode)
-        if labels_t is None:
-            return batch
-        return batch, tf.one_hot(tf.gather(labels_t, index), num_classes)
+        return batch if target is None else (batch, target(index))
 
     return (
         tf.data.Dataset.range(len(images))
@@ -150,13 +173,18 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray | None, *, num_classes: 
     )
 
 
-def training_dataset(split, *, num_classes: int, batch_size: int, mode: str, augment: Sequence[str], seed: int):
-    """The training pipeline of a split, in memory (`train_dataset`) or streamed from its cache (same batches' recipe)."""
+def training_dataset(split, *, num_classes: int, batch_size: int, mode: str, augment: Sequence[str], seed: int, soft_targets=None):
+    """The training pipeline of a split, in memory (`train_dataset`) or streamed from its cache (same batches' recipe).
+
+    `soft_targets` (see `train_dataset`) needs a split in memory: a streamed one's order is its cache's.
+    """
     from edgecls.data.stream import StreamedSplit
 
     if not isinstance(split, StreamedSplit):
         return train_dataset(split.images, split.labels, num_classes=num_classes, batch_size=batch_size, mode=mode,
-                             augment=augment, seed=seed)  # fmt: skip
+                             augment=augment, seed=seed, soft_targets=soft_targets)  # fmt: skip
+    if soft_targets is not None:
+        raise ValueError("soft targets need the training images in memory, not streamed")
     import tensorflow as tf
 
     augment = tuple(augment)

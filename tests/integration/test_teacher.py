@@ -38,7 +38,9 @@ def test_student_with_a_teacher_records_it_and_learns_differently(tmp_path, shar
     ]  # fmt: skip  (ImageNet features: the head really learns)
     # the teacher has another input size (48 px): the distiller resizes the batch for it
     assert run_cli([*base, "--name", "teacher", "--input-size", "48"], capsys)[0] == 0
-    for name, extra in (("plain", []), ("student", ["--teacher", tmp_path / "teacher", "--distill-alpha", "0.3"])):
+    distil = ["--teacher", tmp_path / "teacher", "--distill-alpha", "0.3"]
+    runs = (("plain", []), ("student", distil), ("cached", [*distil, "--distill-targets", "cached"]))
+    for name, extra in runs:
         code, out, err = run_cli([*base, "--name", name, "--input-size", "32", *extra], capsys)
         assert code == 0, err
     entry = json.loads((tmp_path / "student" / "manifest.json").read_text())["stages"]["finetune"]
@@ -51,12 +53,22 @@ def test_student_with_a_teacher_records_it_and_learns_differently(tmp_path, shar
     head = -2  # the Dense kernel, the one layer a frozen run trains
     assert plain[head].ndim == 2 and all(np.array_equal(a, b) for a, b in zip(plain[:head], student[:head], strict=True))
     assert np.abs(plain[head] - student[head]).max() > 1e-3, "the same start, seed and batches: only the teacher differs"
+    # cached targets: the teacher ran once before training (on un-augmented images), and it still teaches
+    cached = json.loads((tmp_path / "cached" / "manifest.json").read_text())["stages"]["finetune"]
+    assert (cached["inputs"]["teacher"]["targets"], teacher["targets"]) == ("cached", "online")
+    assert json.loads((tmp_path / "cached" / "metrics.json").read_text())["teacher_outputs_seconds"] > 0
+    assert np.abs(plain[head] - _weights(tmp_path / "cached")[head]).max() > 1e-3
 
     # a teacher that is not a finished run is refused before anything is written
     code, out, err = run_cli([*base, "--data", tmp_path / "cifar", "--name", "mismatch", "--input-size", "32",
                               "--teacher", tmp_path / "nothing-here"], capsys)  # fmt: skip
     assert_one_error(code, err, 2, "nothing-here")
     assert not (tmp_path / "mismatch").exists()
+    # cached targets need the images in memory: a streamed data set is refused before anything is read or written
+    code, out, err = run_cli([*base, "--name", "streamed", "--input-size", "32", *distil, "--distill-targets", "cached",
+                              "--set", "data.mode=stream"], capsys)  # fmt: skip
+    assert_one_error(code, err, 2, "`--distill-targets` must be `online` with a streamed data set")
+    assert not (tmp_path / "streamed").exists()
 
 
 def test_a_teacher_of_other_classes_is_one_clear_error(tmp_path, image_folder, shared_cifar, capsys):
