@@ -60,6 +60,19 @@ def _finished(entry: dict) -> dt.datetime:
     return dt.datetime.fromisoformat(entry["finished"])
 
 
+def optimize_seconds(run: RunDir, finetune: dict, final: str) -> float:
+    """Training seconds of a run's optimize stages, as they recorded them.
+
+    Runs from before stages recorded `train_seconds`: the time between the fine-tune's and the final
+    stage's ends (wrong for a run resumed later; its zoo.json then holds `optimize_seconds`).
+    """
+    entries = [entry for stage in ("prune", "channels", "qat", "pqat") if (entry := run.stage(stage))]
+    recorded = [entry.get("metrics", {}).get("train_seconds") for entry in entries]
+    if recorded and None not in recorded:
+        return float(sum(recorded))
+    return (_finished(run.require_stage(final)) - _finished(finetune)).total_seconds()
+
+
 def run_folder(name: str) -> Path:
     """The run folder of a row: `run.name` when its overrides set one, else the config's own name."""
     names = [s.split("=", 1)[1] for s in ZOO[name] if s.startswith("run.name=")]
@@ -77,9 +90,9 @@ def measure_row(name: str) -> dict | None:
     metrics = json.loads(run.file("metrics.json").read_text())
     results = FinalStage(run.path)
     final = results.stage
-    train_seconds = metrics.get("train_seconds", 0.0)
+    train_seconds = metrics.get("train_seconds", 0.0) + metrics.get("teacher_outputs_seconds", 0.0)  # cached distillation
     if final != "finetune":
-        train_seconds += (_finished(run.require_stage(final)) - _finished(finetune)).total_seconds()
+        train_seconds += info.get("optimize_seconds") or optimize_seconds(run, finetune, final)
     accuracy = results.accuracy
     teacher = (finetune["inputs"].get("teacher") or {}).get("run")
     return {
@@ -134,7 +147,8 @@ ZOO_TEXT = """One row per shipped config file in [configs/](../configs/); each w
 `edgecls run` on this machine ({machine}), on the full JPEG CIFAR-10 of `../shared` (45,000 train / 5,000 validation /
 all 10,000 test images); the notes below say when a run shared the cores with other work. Accuracies are test
 accuracies of the run's final stage (the QAT model where the config trains one); "float" is the Keras model. Training
-wall time = the fine-tune epochs plus the optimize stage (QAT or pruning), as recorded in the run. Latency:
+wall time = the fine-tune epochs (and a cached teacher's pass) plus the optimize stage (QAT or pruning), as recorded
+in the run. Latency:
 `edgecls bench` on this host, LiteRT, 1 thread, median of 5 windows. Reproduce a row with its command below;
 `python bench/zoo.py write` rebuilds this section from the run folders.
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -237,10 +238,13 @@ def freeze_batchnorm(model) -> None:
             layer.trainable = False
 
 
-def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), teacher=None) -> None:
+def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), teacher=None) -> float:
     """Fine-tune `model` for `epochs` at a cosine-decayed `lr` with the run's loss and augmentation.
 
     With a `teacher`, the loss is `edgecls.distill`'s mix of labels and the teacher's tempered outputs.
+
+    Returns:
+        The seconds training took (a stage's `train_seconds`, as fine-tuning records its own).
     """
     from edgecls.data.pipeline import training_dataset
     from edgecls.models import get_spec
@@ -267,7 +271,9 @@ def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), 
         augment=cfg.data.augment,
         seed=cfg.run.seed,
     )
+    start = time.perf_counter()
     model.fit(dataset, epochs=epochs, callbacks=list(callbacks), verbose=2)
+    return round(time.perf_counter() - start, 1)
 
 
 def _finish(run: RunDir, stage: str, model, cfg: EdgeConfig, data, extra: dict[str, Any], warnings: list[str]):
@@ -420,9 +426,11 @@ def _prune_channels(run: RunDir, model, cfg: EdgeConfig, data, force: bool, call
     train_batchnorm(thin)  # each consumer now sees fewer input channels: its BatchNorm statistics must follow
     before, after = model_stats(model), model_stats(thin)
     teacher = model if opt.channel_teacher else None
-    _fit(thin, cfg, data, epochs=opt.epochs_of("channels"), lr=opt.lr_of("channels"), callbacks=callbacks, teacher=teacher)
+    seconds = _fit(thin, cfg, data, epochs=opt.epochs_of("channels"), lr=opt.lr_of("channels"), callbacks=callbacks,
+                   teacher=teacher)  # fmt: skip
     extra = {
         "parent": "finetune",
+        "train_seconds": seconds,
         "prune_channels": opt.prune_channels,
         "criterion": opt.channel_criterion,
         "round_to": opt.channel_round_to,
@@ -512,11 +520,12 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
         steps = opt.epochs_of("prune") * -(-len(data.train) // cfg.data.batch_size)
         pruning = apply_pruning(model, opt.prune, steps, kinds=opt.prune_layers, structured=opt.structured)
         update = _tfmot().sparsity.keras.UpdatePruningStep()
-        _fit(pruning, cfg, data, epochs=opt.epochs_of("prune"), lr=opt.lr_of("prune"), callbacks=[update, *callbacks])
+        seconds = _fit(pruning, cfg, data, epochs=opt.epochs_of("prune"), lr=opt.lr_of("prune"), callbacks=[update, *callbacks])
         parent = strip(pruning)
         sparsity = kernel_sparsity(parent, opt.prune_layers)
         extra = {
             "parent": "finetune",
+            "train_seconds": seconds,
             "target_sparsity": opt.prune,
             "structured": "2:4" if opt.structured else None,
             "sparsity": sparsity["overall"],
@@ -550,11 +559,12 @@ def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbac
         per_tensor = opt.granularity == "per-tensor"
         freeze_batchnorm(parent)  # a channel-pruned model recovered with BatchNorm training
         qat = apply_qat(parent, preserve_sparsity=stage == "pqat", per_tensor=per_tensor, skip_unsupported=opt.skip_unsupported)
-        _fit(qat, cfg, data, epochs=opt.epochs_of(stage), lr=opt.lr_of(stage), callbacks=callbacks)
+        seconds = _fit(qat, cfg, data, epochs=opt.epochs_of(stage), lr=opt.lr_of(stage), callbacks=callbacks)
         sparsity = kernel_sparsity(qat, opt.prune_layers)
         warnings = [f"left in float: {name} ({kind})" for name, kind in unsupported_for_qat(parent)]
         extra = {
             "parent": parent_name,
+            "train_seconds": seconds,
             "granularity": opt.granularity,
             "sparsity": sparsity["overall"],
             "sparsity_per_layer": sparsity["per_layer"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 
@@ -77,6 +78,9 @@ def test_prune_then_pqat(run_copy, capsys):
 
     pqat = json.loads(run.file("pqat/metrics.json").read_text())
     assert pqat["parent"] == "prune" and pqat["sparsity_preserved"] is True
+    finished = {stage: dt.datetime.fromisoformat(run.stage(stage)["finished"]) for stage in ("finetune", "prune", "pqat")}
+    assert 0 < prune["train_seconds"] < (finished["prune"] - finished["finetune"]).total_seconds()  # its epoch, not the eval
+    assert 0 < pqat["train_seconds"] < (finished["pqat"] - finished["prune"]).total_seconds()
     assert pqat["sparsity"] == pytest.approx(prune["sparsity"], abs=0.01)
     model, _ = load_stage_model(run, "pqat")
     sparsity, dtypes = int8_weight_sparsity(int8_tflite(model))
