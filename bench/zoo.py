@@ -141,6 +141,63 @@ def write_doc() -> None:
         DOC.write_text("# Model zoo\n")
     write_section("zoo", ZOO_TEXT.format(machine=machine(), table="\n".join(lines), commands=commands,
                                          missing=", ".join(missing) or "none"), doc=DOC)  # fmt: skip
+    write_input_size_pareto([r for r in measured if r["name"] in PARETO])
+
+
+PARETO = ("mcu-96", "mcu-default", "mcu-160")  # the same model and recipe at three input sizes
+PARETO_PLOT = ROOT / "docs" / "images" / "zoo_input_size.png"
+
+
+def write_input_size_pareto(rows: list[dict]) -> None:
+    """The input-size section: a table against the 128-px default and a plot of int8 accuracy against MACs."""
+    rows = sorted(rows, key=lambda r: r["input_size"])
+    base = next((r for r in rows if r["name"] == "mcu-default"), None)
+    if base is None or len(rows) < 2:
+        return
+    lines = ["| input | MACs | TFLM arena | LiteRT int8 p50 | int8 TFLite | vs 128 px |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        delta = 100 * (r["int8_tflite"] - base["int8_tflite"])
+        lines.append(f"| {r['input_size']} px | {r['macs'] / 1e6:.1f} M | {r['arena']:,} B | {r['latency_ms']:.3f} ms"
+                     f" | {r['int8_tflite']:.4f} | {delta:+.2f} points |")  # fmt: skip
+    _plot_pareto(rows)
+    write_section("zoo-input-size", PARETO_TEXT.format(table="\n".join(lines), plot=PARETO_PLOT.relative_to(DOC.parent).as_posix()),
+                  doc=DOC)  # fmt: skip
+
+
+def _plot_pareto(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    macs, accuracy = [r["macs"] / 1e6 for r in rows], [100 * r["int8_tflite"] for r in rows]
+    ax.plot(macs, accuracy, "o-", color="tab:blue")
+    for r, x, y in zip(rows, macs, accuracy, strict=True):
+        ax.annotate(f"{r['input_size']} px\n{r['arena'] / 1024:.0f} KiB arena, {r['latency_ms']:.2f} ms", (x, y),
+                    textcoords="offset points", xytext=(0, 9), ha="center", fontsize=7)  # fmt: skip
+    ax.margins(x=0.2, y=0.35)
+    ax.set_xlabel("MACs (millions)")
+    ax.set_ylabel("int8 TFLite test accuracy (%)")
+    ax.set_title("MobileNet v1 0.25 on CIFAR-10 by input size", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    PARETO_PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PARETO_PLOT)
+    plt.close(fig)
+
+
+PARETO_TEXT = """## Choosing an input size (MobileNet v1 0.25, the mcu-default recipe)
+
+The same model, recipe and QAT at three input sizes, from the table above: what each size costs on the device and in
+accuracy. The int8 file is the same size at every input size (the weights do not depend on it); the arena, the MACs
+and the latency grow with the pixels. Pick the largest size whose arena and latency fit your board
+(`edgecls optimize RUN --fit PROFILE` searches sizes and channel shares for a profile).
+
+{table}
+
+![int8 accuracy against MACs by input size]({plot})
+"""
 
 
 ZOO_TEXT = """One row per shipped config file in [configs/](../configs/); each was measured by running that config with
