@@ -33,7 +33,7 @@ MNV2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_from_slim_npy.h
 ZOO: dict[str, list[str]] = {
     "raspberry-pi": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-128"],
     "mcu-default": [],
-    "mcu-distilled": ["train.teacher=bench-runs/zoo/mnv2-128"],
+    "mcu-distilled": ["train.teacher=bench-runs/zoo/mnv2-128", "run.name=mcu-distilled-cached"],
     "mcu-96": [],
     "mcu-160": [],
     "mcu-stm32f446": [],
