@@ -5,14 +5,17 @@
     alpha * CE(labels, student) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
 
 on the same augmented batch (Keras' "Knowledge Distillation" example, with the T^2 factor that keeps
-the soft-target gradients on the hard-target scale). With no teacher model, the batches carry the
-teacher's outputs themselves, `(images, (labels, teacher_outputs))`: `teacher_outputs` computes them
-once on the un-augmented images ("cached" targets), so an epoch costs a student epoch and not a
-teacher forward pass more; the price is that the student's random crop and flip see the target of
-the whole, unflipped image. edgecls heads end in a softmax, so the logits
+the soft-target gradients on the hard-target scale). edgecls heads end in a softmax, so the logits
 are recovered as log-probabilities, which differ from the pre-softmax logits by a per-image constant
 that the tempered softmax cancels. Only the student is trained and saved: a plain model that
 optimize, export and firmware take unchanged.
+
+Cached targets: with no teacher model, the batches carry the teacher's outputs themselves,
+`(images, (labels, teacher_outputs))`. `teacher_outputs` computes them once on the un-augmented
+images, so an epoch costs a student epoch and no teacher forward pass. The price: the student's
+random crop and flip are taught the target of the whole, unflipped image, where the online teacher
+sees the same augmented view (Beyer et al. 2022 find such "consistent" teaching matters over long
+schedules).
 """
 
 from __future__ import annotations
