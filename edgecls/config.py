@@ -196,7 +196,8 @@ class TrainConfig:
         distill_targets: `online` runs the teacher on every augmented training batch (the Keras
             pattern); `cached` runs it once on the un-augmented training and validation images
             before training (`edgecls.distill.teacher_outputs`; needs the images in memory), so
-            an epoch costs what it costs without a teacher. Defaults to `online`.
+            an epoch costs what it costs without a teacher. The validation images, never
+            augmented, are scored once in both modes. Defaults to `online`.
     """
 
     strategy: Literal["frozen", "partial", "full"] = "full"

@@ -71,7 +71,8 @@ def teacher_outputs(teacher, images: np.ndarray, *, batch_size: int, mode: str) 
 class Distiller(tf_keras.Model):
     """Trains `student` toward labels and the teacher's tempered outputs; evaluation is the student's alone.
 
-    With `teacher=None`, every batch brings the teacher's outputs: `(images, (labels, outputs))`.
+    A batch `(images, (labels, outputs))` brings the teacher's outputs with it; a batch `(images, labels)`
+    has them computed by `teacher` (None when every batch brings them).
     """
 
     def __init__(self, student, teacher=None, *, alpha: float = 0.5, temperature: float = 4.0, label_smoothing: float = 0.0):
@@ -105,9 +106,9 @@ class Distiller(tf_keras.Model):
         return self.teacher(images, training=False)
 
     def _unpack(self, data):
-        """(images, labels, teacher outputs) of a batch: computed online, or carried by the batch."""
+        """(images, labels, teacher outputs) of a batch: carried by the batch, or computed online."""
         images, targets = data
-        if self.teacher is None:
+        if isinstance(targets, tuple):  # (labels, teacher outputs), cached
             labels, teacher = targets
             return images, labels, teacher
         return images, targets, self._teacher(images)

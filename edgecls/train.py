@@ -311,14 +311,14 @@ def distiller(student, teacher, cfg: TrainConfig):
     return Distiller(student, online, alpha=cfg.distill_alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
 
 
-def cache_teacher_outputs(teacher, dataset, batch_size: int, preprocessing: str) -> tuple[dict[str, np.ndarray], float]:
-    """The teacher's outputs on the (un-augmented) training and validation images, and the seconds they took."""
+def cache_teacher_outputs(teacher, dataset, splits: tuple[str, ...], batch_size: int,
+                          preprocessing: str) -> tuple[dict[str, np.ndarray], float]:  # fmt: skip
+    """The teacher's outputs on the un-augmented images of `splits` ("train", "val"), and the seconds they took."""
     from edgecls.distill import teacher_outputs
 
     start = time.perf_counter()
-    splits = {"train": dataset.train, "val": dataset.val}
     outputs = {name: teacher_outputs(teacher, split.images, batch_size=batch_size, mode=preprocessing)
-               for name, split in splits.items() if len(split) > 0}  # fmt: skip
+               for name in splits if len(split := getattr(dataset, name)) > 0}  # fmt: skip
     return outputs, time.perf_counter() - start
 
 
@@ -531,8 +531,9 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
 
     batch = cfg.data.batch_size  # global: per replica x replicas
     cached, cache_seconds = {}, None
-    if teacher is not None and cfg.train.distill_targets == "cached":
-        cached, cache_seconds = cache_teacher_outputs(teacher, dataset, batch, preprocessing)
+    if teacher is not None:  # validation images are never augmented: the teacher scores them once in either mode
+        splits = ("train", "val") if cfg.train.distill_targets == "cached" else ("val",)
+        cached, cache_seconds = cache_teacher_outputs(teacher, dataset, splits, batch, preprocessing)
     train_ds = training_dataset(
         dataset.train,
         num_classes=dataset.num_classes,

@@ -98,3 +98,13 @@ def test_cached_teacher_outputs_train_the_student_as_the_online_teacher_does():
     for a, b in zip(online, offline, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
     assert max(np.abs(a - b).max() for a, b in zip(online, uniform, strict=True)) > 1e-3, "the cached targets are used"
+
+    # evaluation: batches that bring the teacher's outputs score as the online teacher does
+    from edgecls.data.pipeline import eval_dataset
+    from edgecls.distill import Distiller
+
+    distiller = Distiller(student(), teacher, alpha=0.3, temperature=2.0)
+    distiller.compile(optimizer="sgd")
+    scored = [distiller.evaluate(eval_dataset(images, labels, num_classes=3, batch_size=8, mode="tf", soft_targets=soft),
+                                 verbose=0) for soft in (None, cached)]  # fmt: skip
+    np.testing.assert_allclose(scored[0], scored[1], rtol=1e-5)
