@@ -48,11 +48,11 @@ def command(name: str) -> list[str]:
 
 
 def run_row(name: str) -> None:
-    line = command(name)
+    line, commit = command(name), git_sha()  # the code the run starts with
     start = time.perf_counter()
     run_edgecls([line])
     seconds = time.perf_counter() - start
-    info = {"command": shlex.join(line), "wall_seconds": round(seconds, 1), "commit": git_sha(), "date": today()}
+    info = {"command": shlex.join(line), "wall_seconds": round(seconds, 1), "commit": commit, "date": today()}
     (RUNS / f"{name}.zoo.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
