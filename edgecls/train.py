@@ -303,12 +303,11 @@ def fit_phases(
 def distiller(student, teacher, cfg: TrainConfig):
     """The Keras distillation model of one phase: `student` trained toward labels and `teacher`.
 
-    With cached targets the batches carry the teacher's outputs, and the teacher model is not run.
+    Batches that carry the teacher's outputs (cached targets) are not scored by the teacher again.
     """
     from edgecls.distill import Distiller
 
-    online = None if cfg.distill_targets == "cached" else teacher
-    return Distiller(student, online, alpha=cfg.distill_alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
+    return Distiller(student, teacher, alpha=cfg.distill_alpha, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
 
 
 def cache_teacher_outputs(teacher, dataset, splits: tuple[str, ...], batch_size: int,
