@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import re
@@ -15,6 +16,7 @@ sys.path.insert(0, str(ROOT))  # the scripts import edgecls from this checkout
 DOC = ROOT / "docs" / "benchmarks.md"
 SHARED = Path(os.environ.get("EDGECLS_SHARED", ROOT.parent / "shared"))
 CIFAR_JPEG = SHARED / "datasets" / "cifar10-jpeg.tar.gz"
+RESULTS = ROOT / "bench" / "results"
 
 
 def machine() -> str:
@@ -55,10 +57,29 @@ def write_section(name: str, body: str, doc: Path = DOC) -> None:
     print(body)
 
 
+def recorded_rows(study: str) -> dict[str, dict]:
+    """The rows a study measured in earlier sittings, as committed in `bench/results/STUDY.json`.
+
+    Run folders (bench-runs/) are not committed, so a fresh checkout has none. A study that adds
+    rows over several sittings (the recipe study, the model zoo) keeps each row's figures, with its
+    command, date, commit and machine, in that file, and rewriting its docs section never drops a
+    row that was measured elsewhere.
+    """
+    path = RESULTS / f"{study}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_rows(study: str, measured: dict[str, dict]) -> dict[str, dict]:
+    """Put freshly measured rows over the recorded ones (a re-run replaces its row), save, return them all."""
+    rows = {**recorded_rows(study), **measured}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{study}.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    return rows
+
+
 def copy_run(source: Path, target: Path) -> None:
     """A fresh copy of a finished run without what later stages wrote (exports, validation, firmware, bench, report)
     and without their manifest entries, so that `validate` of the copy does not look for files that were left behind."""
-    import json
     import shutil
 
     shutil.rmtree(target, ignore_errors=True)

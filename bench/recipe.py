@@ -7,6 +7,9 @@ cores and their wall times would mean nothing). A variant whose run folder alrea
 finished manifest is not run again, so the study can be stopped and continued.
 
 Model selection is by validation accuracy; the test accuracy is reported, never used to choose.
+Each finished variant's figures (with its command, date, commit and machine) are also kept in
+bench/results/recipe.json (committed), so `--write` in a checkout without the run folders keeps
+the variants measured elsewhere.
 
 Usage:
     python bench/recipe.py [--only NAME ...] [--runs-dir bench-runs/recipe]   # run what is missing
@@ -23,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import CIFAR_JPEG, ROOT, SHARED, git_sha, machine, today, write_section
+from common import CIFAR_JPEG, ROOT, SHARED, git_sha, machine, record_rows, today, write_section
 
 # name -> (what it tests, extra finetune flags). The first is the old default (docs: 0.826).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -76,22 +79,29 @@ def run_variant(name: str, flags: list[str], runs_dir: Path) -> dict:
     ]  # fmt: skip
     timing = folder / "wall_seconds.json"
     if not (folder / "manifest.json").exists() or not timing.exists():
-        start = time.perf_counter()
+        commit, start = git_sha(), time.perf_counter()  # the code the run starts with
         subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], check=True, cwd=ROOT)
-        timing.write_text(json.dumps({"wall_seconds": time.perf_counter() - start}))
+        seconds = time.perf_counter() - start
+        timing.write_text(json.dumps({"wall_seconds": seconds, "commit": commit, "date": today(), "machine": machine()}))
     metrics = json.loads((folder / "metrics.json").read_text())
     history = json.loads((folder / "history.json").read_text())
     full_epochs = [row["epoch_seconds"] for row in history[1:] if "epoch_seconds" in row]  # after the head warm-up
     fastest = min(full_epochs, default=float("nan"))
-    return {"command": shlex.join(command), **metrics, **json.loads(timing.read_text()), "fastest_epoch": fastest}
+    figures = {key: metrics[key] for key in ("best_val_accuracy", "test_accuracy", "epochs_run")}
+    return {"command": shlex.join(command), **figures, **json.loads(timing.read_text()), "fastest_epoch": fastest}
 
 
 def write_doc(rows: dict[str, dict]) -> None:
     """The recipe-study section of docs/benchmarks.md."""
+    write_section("recipe", recipe_section(rows))
+
+
+def recipe_section(rows: dict[str, dict]) -> str:
+    """The recipe-study section's text: one row per finished variant, in the order of `VARIANTS`."""
     lines = [
         "## Fine-tuning recipe study (issue 10)",
         "",
-        f"- Date: {today()}; edgecls commit {git_sha()}; machine: {machine()}.",
+        "- Machines: 2 cores, 24 GiB RAM, no GPU, Python 3.11.7; each row names its date, edgecls commit and CPU.",
         f"- Data: `{CIFAR_JPEG.relative_to(SHARED.parent)}` (45,000 train / 5,000 val, seed 42; all 10,000 test images).",
         "- Model: MobileNet v1 alpha 0.25 @128 px (13.3 M MACs), `full` strategy, ImageNet weights"
         " `mobilenet_2_5_224_tf_no_top.h5` from ../shared in the Keras cache; 10 epochs unless the row says otherwise.",
@@ -100,15 +110,17 @@ def write_doc(rows: dict[str, dict]) -> None:
         " quietest whole-network epoch in the run's history) is the better guide to speed on an idle machine.",
         "- Reproduce: `python bench/recipe.py` (each row's command is below).",
         "",
-        "| variant | what it tests | best val acc | test acc (float) | epochs run | wall time | fastest full epoch | command |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | what it tests | best val acc | test acc (float) | epochs run | wall time | fastest full epoch"
+        " | measured | command |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         lines.append(
             f"| {name} | {VARIANTS[name][0]} | {row['best_val_accuracy']:.4f} | {row['test_accuracy']:.4f} |"
-            f" {row['epochs_run']} | {row['wall_seconds'] / 60:.1f} min | {row['fastest_epoch']:.0f} s | `{row['command']}` |"
+            f" {row['epochs_run']} | {row['wall_seconds'] / 60:.1f} min | {row['fastest_epoch']:.0f} s"
+            f" | {row['date']}, {row['commit']}, {row['machine'].split(',', 1)[0]} | `{row['command']}` |"
         )
-    write_section("recipe", "\n".join(lines))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -124,8 +136,8 @@ def main() -> None:
         for name in names:
             print(json.dumps({name: run_variant(name, VARIANTS[name][1], args.runs_dir)["test_accuracy"]}), flush=True)
     done = [n for n in VARIANTS if (args.runs_dir / n / "wall_seconds.json").exists()]
-    finished = {n: run_variant(n, VARIANTS[n][1], args.runs_dir) for n in done}
-    write_doc(finished)
+    recorded = record_rows("recipe", {n: run_variant(n, VARIANTS[n][1], args.runs_dir) for n in done})
+    write_doc({n: recorded[n] for n in VARIANTS if n in recorded})
 
 
 if __name__ == "__main__":

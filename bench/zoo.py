@@ -7,6 +7,9 @@ typed records: test accuracies of the final stage's files (float Keras, int8 TFL
 all 10,000 test images), int8 file size, TFLite Micro arena, MACs, host latency at 1 thread,
 and the training wall time (fine-tune epochs + the optimize stage).
 
+Each row's figures are also kept in bench/results/zoo.json (committed), so that `write` in a
+checkout without the run folders keeps the rows measured elsewhere; a row run again replaces its own.
+
 Usage:
     python bench/zoo.py run NAME [NAME ...]    # e.g. raspberry-pi mcu-default (in that order: a teacher first)
     python bench/zoo.py write                  # docs/model_zoo.md
@@ -21,7 +24,18 @@ import shlex
 import time
 from pathlib import Path
 
-from common import CIFAR_JPEG, ROOT, SHARED, FinalStage, git_sha, machine, run_edgecls, today, write_section
+from common import (
+    CIFAR_JPEG,
+    ROOT,
+    SHARED,
+    FinalStage,
+    git_sha,
+    machine,
+    record_rows,
+    run_edgecls,
+    today,
+    write_section,
+)
 
 from edgecls.run import RunDir
 
@@ -52,7 +66,7 @@ def run_row(name: str) -> None:
     start = time.perf_counter()
     run_edgecls([line])
     seconds = time.perf_counter() - start
-    info = {"command": shlex.join(line), "wall_seconds": round(seconds, 1), "commit": commit, "date": today()}
+    info = {"command": shlex.join(line), "wall_seconds": round(seconds, 1), "commit": commit, "date": today(), "machine": machine()}
     (RUNS / f"{name}.zoo.json").write_text(json.dumps(info, indent=1) + "\n")
 
 
@@ -115,12 +129,27 @@ def measure_row(name: str) -> dict | None:
     }
 
 
+def _cpu(machine_line: str) -> str:
+    """The CPU model of a `common.machine()` line (the rest, 2 cores and 24 GiB, is the same for every row)."""
+    return machine_line.split(",", 1)[0]
+
+
 def _cell(value, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
 def write_doc() -> None:
-    measured = [row for name in ZOO if (row := measure_row(name))]
+    """docs/model_zoo.md's table and input-size section from the run folders here and the recorded rows."""
+    rows = record_rows("zoo", {name: row for name in ZOO if (row := measure_row(name))})
+    measured = [rows[name] for name in ZOO if name in rows]
+    if not DOC.exists():
+        DOC.write_text("# Model zoo\n")
+    write_section("zoo", zoo_section(measured), doc=DOC)
+    write_input_size_pareto([r for r in measured if r["name"] in PARETO])
+
+
+def zoo_section(measured: list[dict]) -> str:
+    """The zoo section's text: the table, each row's command, and the configs not measured."""
     lines = [
         "| config | backbone (alpha) | input | strategy → final stage | teacher | float | int8 TFLite | int8 ONNX | int8 bytes"
         " | TFLM arena | MACs | LiteRT int8 p50 (1 thread) | training wall time |",
@@ -134,14 +163,10 @@ def write_doc() -> None:
             f" | {_cell(r['arena'], ',')} | {_cell(r['macs'], ',')} | {_cell(r['latency_ms'], '.3f')} ms"
             f" | {r['train_minutes']:.0f} min |"
         )
-    commands = "\n".join(f"- {r['name']} ({r['date']}, edgecls {r['commit']}, the whole `edgecls run`"
-                         f" {r['wall_seconds'] / 60:.0f} min): `{r['command']}`" for r in measured)  # fmt: skip
+    commands = "\n".join(f"- {r['name']} ({r['date']}, edgecls {r['commit']}, {_cpu(r['machine'])}, the whole"
+                         f" `edgecls run` {r['wall_seconds'] / 60:.0f} min): `{r['command']}`" for r in measured)  # fmt: skip
     missing = [name for name in ZOO if name not in {r["name"] for r in measured}]
-    if not DOC.exists():
-        DOC.write_text("# Model zoo\n")
-    write_section("zoo", ZOO_TEXT.format(machine=machine(), table="\n".join(lines), commands=commands,
-                                         missing=", ".join(missing) or "none"), doc=DOC)  # fmt: skip
-    write_input_size_pareto([r for r in measured if r["name"] in PARETO])
+    return ZOO_TEXT.format(table="\n".join(lines), commands=commands, missing=", ".join(missing) or "none")
 
 
 PARETO = ("mcu-96", "mcu-default", "mcu-160")  # the same model and recipe at three input sizes
@@ -201,13 +226,14 @@ and the latency grow with the pixels. Pick the largest size whose arena and late
 
 
 ZOO_TEXT = """One row per shipped config file in [configs/](../configs/); each was measured by running that config with
-`edgecls run` on this machine ({machine}), on the full JPEG CIFAR-10 of `../shared` (45,000 train / 5,000 validation /
-all 10,000 test images); the notes below say when a run shared the cores with other work. Accuracies are test
+`edgecls run` on a 2-core machine with 24 GiB RAM, no GPU and Python 3.11.7 (each command below names its CPU), on the
+full JPEG CIFAR-10 of `../shared` (45,000 train / 5,000 validation / all 10,000 test images); the notes below say
+when a run shared the cores with other work. Accuracies are test
 accuracies of the run's final stage (the QAT model where the config trains one); "float" is the Keras model. Training
 wall time = the fine-tune epochs (and a cached teacher's pass) plus the optimize stage (QAT or pruning), as recorded
 in the run. Latency:
-`edgecls bench` on this host, LiteRT, 1 thread, median of 5 windows. Reproduce a row with its command below;
-`python bench/zoo.py write` rebuilds this section from the run folders.
+`edgecls bench` on the host that ran the row, LiteRT, 1 thread, median of 5 windows. Reproduce a row with its command
+below; `python bench/zoo.py write` rebuilds this section from the run folders and `bench/results/zoo.json`.
 
 {table}
 

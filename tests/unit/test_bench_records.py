@@ -1,0 +1,57 @@
+"""The studies that grow over several sittings keep their rows in bench/results/, and the docs say what those rows say.
+
+Run folders (bench-runs/) are not committed. The recipe study and the model zoo rebuild their docs sections from
+the run folders of this checkout *and* the committed rows of earlier sittings (`bench/common.record_rows`), so a
+rebuild in a fresh checkout must neither drop a row nor change a published number.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import common  # noqa: E402
+import recipe  # noqa: E402
+import zoo  # noqa: E402
+
+
+def _section(doc: Path, name: str) -> str:
+    """The text between a docs file's `<!-- name:begin -->` and `<!-- name:end -->` markers."""
+    found = re.search(rf"<!-- {name}:begin -->\n(.*?)\n<!-- {name}:end -->", doc.read_text(), re.S)
+    assert found, f"{doc} has no {name} section"
+    return found.group(1)
+
+
+def test_model_zoo_doc_is_what_the_recorded_rows_render():
+    rows = json.loads((ROOT / "bench" / "results" / "zoo.json").read_text())
+    measured = [rows[name] for name in zoo.ZOO if name in rows]
+    assert {r["name"] for r in measured} == set(rows), "a recorded row has no config in bench/zoo.py"
+    assert zoo.zoo_section(measured).rstrip() == _section(ROOT / "docs" / "model_zoo.md", "zoo")
+
+
+def test_recipe_study_doc_is_what_the_recorded_rows_render():
+    rows = json.loads((ROOT / "bench" / "results" / "recipe.json").read_text())
+    assert set(rows) <= set(recipe.VARIANTS)
+    ordered = {name: rows[name] for name in recipe.VARIANTS if name in rows}
+    assert recipe.recipe_section(ordered).rstrip() == _section(ROOT / "docs" / "benchmarks.md", "recipe")
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    return tmp_path
+
+
+def test_record_rows_keeps_earlier_rows_and_replaces_a_rerun(results):
+    common.record_rows("study", {"a": {"acc": 0.5}, "b": {"acc": 0.6}})
+    rows = common.record_rows("study", {"b": {"acc": 0.7}, "c": {"acc": 0.8}})
+    assert rows == {"a": {"acc": 0.5}, "b": {"acc": 0.7}, "c": {"acc": 0.8}}
+    assert json.loads((results / "study.json").read_text()) == rows
+    assert common.recorded_rows("never-run") == {}
