@@ -64,6 +64,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "BatchNorm trained, lr 3e-3, batch 128, 1 warm-up epoch, 7 epochs",
         ["--lr", "3e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", "7", "--batch-size", "128"],
     ),
+    "bn-lr2e-3-w1-e12": (
+        "BatchNorm trained, lr 2e-3, 1 warm-up epoch, 12 epochs (mcu-distilled's schedule without its teacher)",
+        ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", "12"],
+    ),
     "bn-lr2e-3-w1-e30": (
         "BatchNorm trained, lr 2e-3, 1 warm-up epoch, 30 epochs (the ceiling without a teacher)",
         ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", "30", "--set", "train.patience=0"],
