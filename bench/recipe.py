@@ -92,7 +92,8 @@ def run_variant(name: str, flags: list[str], runs_dir: Path) -> dict:
     full_epochs = [row["epoch_seconds"] for row in history[1:] if "epoch_seconds" in row]  # after the head warm-up
     fastest = min(full_epochs, default=float("nan"))
     figures = {key: metrics[key] for key in ("best_val_accuracy", "test_accuracy", "epochs_run")}
-    return {"command": shlex.join(command), **figures, **json.loads(timing.read_text()), "fastest_epoch": fastest}
+    unrecorded = dict.fromkeys(("commit", "date", "machine"), "not recorded")  # timings written before rows named them
+    return {"command": shlex.join(command), **figures, **unrecorded, **json.loads(timing.read_text()), "fastest_epoch": fastest}
 
 
 def write_doc(rows: dict[str, dict]) -> None:

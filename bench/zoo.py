@@ -125,6 +125,7 @@ def measure_row(name: str) -> dict | None:
         "macs": metrics.get("macs"),
         "latency_ms": results.p50_ms("int8"),
         "train_minutes": train_seconds / 60,
+        "machine": "machine not recorded",  # zoo.json files written before rows named their machine
         **info,
     }
 
