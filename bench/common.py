@@ -33,6 +33,11 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU, Python {platform.python_version()}"
 
 
+def cpu_model(machine_line: str) -> str:
+    """The CPU model of a `machine()` line, for rows of one study measured on different hosts."""
+    return machine_line.split(",", 1)[0]
+
+
 def git_sha() -> str:
     """The edgecls commit measured: $EDGECLS_BENCH_COMMIT (for runs from a snapshot), else this checkout's HEAD."""
     if os.environ.get("EDGECLS_BENCH_COMMIT"):

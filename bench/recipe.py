@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import CIFAR_JPEG, ROOT, SHARED, git_sha, machine, record_rows, today, write_section
+from common import CIFAR_JPEG, ROOT, SHARED, cpu_model, git_sha, machine, record_rows, today, write_section
 
 # name -> (what it tests, extra finetune flags). The first is the old default (docs: 0.826).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -123,7 +123,7 @@ def recipe_section(rows: dict[str, dict]) -> str:
         lines.append(
             f"| {name} | {VARIANTS[name][0]} | {row['best_val_accuracy']:.4f} | {row['test_accuracy']:.4f} |"
             f" {row['epochs_run']} | {row['wall_seconds'] / 60:.1f} min | {row['fastest_epoch']:.0f} s"
-            f" | {row['date']}, {row['commit']}, {row['machine'].split(',', 1)[0]} | `{row['command']}` |"
+            f" | {row['date']}, {row['commit']}, {cpu_model(row['machine'])} | `{row['command']}` |"
         )
     return "\n".join(lines)
 

@@ -29,6 +29,7 @@ from common import (
     ROOT,
     SHARED,
     FinalStage,
+    cpu_model,
     git_sha,
     machine,
     record_rows,
@@ -130,11 +131,6 @@ def measure_row(name: str) -> dict | None:
     }
 
 
-def _cpu(machine_line: str) -> str:
-    """The CPU model of a `common.machine()` line (the rest, 2 cores and 24 GiB, is the same for every row)."""
-    return machine_line.split(",", 1)[0]
-
-
 def _cell(value, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
@@ -164,7 +160,7 @@ def zoo_section(measured: list[dict]) -> str:
             f" | {_cell(r['arena'], ',')} | {_cell(r['macs'], ',')} | {_cell(r['latency_ms'], '.3f')} ms"
             f" | {r['train_minutes']:.0f} min |"
         )
-    commands = "\n".join(f"- {r['name']} ({r['date']}, edgecls {r['commit']}, {_cpu(r['machine'])}, the whole"
+    commands = "\n".join(f"- {r['name']} ({r['date']}, edgecls {r['commit']}, {cpu_model(r['machine'])}, the whole"
                          f" `edgecls run` {r['wall_seconds'] / 60:.0f} min): `{r['command']}`" for r in measured)  # fmt: skip
     missing = [name for name in ZOO if name not in {r["name"] for r in measured}]
     return ZOO_TEXT.format(table="\n".join(lines), commands=commands, missing=", ".join(missing) or "none")
