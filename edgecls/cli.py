@@ -144,6 +144,9 @@ def finetune(
     schedule: Annotated[str | None, typer.Option(help="cosine | step | constant.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Decoupled weight decay.")] = None,
     label_smoothing: Annotated[float | None, typer.Option(help="Label smoothing.")] = None,
+    ema_momentum: Annotated[
+        float | None, typer.Option(help="Momentum of a moving average of the weights, kept instead of them (0: none).")
+    ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout before the classifier.")] = None,
     augment: Annotated[str | None, typer.Option(help="Comma list of crop,flip,color, or none.")] = None,
     limit_per_class: Annotated[int | None, typer.Option(help="At most N training images per class.")] = None,
@@ -187,6 +190,7 @@ def finetune(
         "train.schedule": schedule,
         "train.weight_decay": weight_decay,
         "train.label_smoothing": label_smoothing,
+        "train.ema_momentum": ema_momentum,
         "data.batch_size": batch_size,
         "data.augment": augment,
         "data.limit_per_class": limit_per_class,

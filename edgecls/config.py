@@ -198,6 +198,11 @@ class TrainConfig:
             before training (`edgecls.distill.teacher_outputs`; needs the images in memory), so
             an epoch costs what it costs without a teacher. The validation images, never
             augmented, are scored once in both modes. Defaults to `online`.
+        ema_momentum: Momentum of an exponential moving average of the weights (Polyak averaging,
+            Keras' `use_ema`), kept over the last phase (the head warm-up starts from a random head,
+            which an average would drag along); validation, selection and the saved model use the
+            average. The BatchNorm statistics are not averaged: they keep tracking the trained
+            weights. 0 for none. Defaults to 0.
     """
 
     strategy: Literal["frozen", "partial", "full"] = "full"
@@ -220,6 +225,7 @@ class TrainConfig:
     distill_alpha: float = 0.5
     temperature: float = 4.0
     distill_targets: Literal["online", "cached"] = "online"
+    ema_momentum: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.distill_alpha <= 1.0:
@@ -247,6 +253,8 @@ class TrainConfig:
             _fail("train.min_steps", "a non-negative integer", self.min_steps)
         if self.batchnorm_reestimate < 0:
             _fail("train.batchnorm_reestimate", "a non-negative number of images", self.batchnorm_reestimate)
+        if not 0.0 <= self.ema_momentum < 1.0:
+            _fail("train.ema_momentum", "in [0, 1)", self.ema_momentum)
 
 
 CHANNEL_RECOVERY_EPOCHS = 10  # a channel-pruned network is retrained like a fine-tune (OptimizeConfig.lr)

@@ -152,20 +152,25 @@ def make_schedule(cfg: TrainConfig, phase: Phase, steps_per_epoch: int):
     return schedules.CosineDecay(phase.lr, steps)
 
 
-def make_optimizer(cfg: TrainConfig, schedule):
-    """AdamW or Nesterov SGD with decoupled weight decay (biases and BatchNorm excluded)."""
+def make_optimizer(cfg: TrainConfig, schedule, *, average: bool = False):
+    """AdamW or Nesterov SGD with decoupled weight decay (biases and BatchNorm excluded).
+
+    With `average` and `cfg.ema_momentum`, the optimizer also keeps an exponential moving
+    average of the weights it trains (Keras' `use_ema`); `fit` ends by writing it into the model.
+    """
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if average and cfg.ema_momentum else {}
     if cfg.optimizer == "sgd":
-        optimizer = tf_keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None)
+        optimizer = tf_keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay or None, **ema)
     else:
-        optimizer = tf_keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay)
+        optimizer = tf_keras.optimizers.AdamW(schedule, weight_decay=cfg.weight_decay, **ema)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
 
 
-def compile_model(model, cfg: TrainConfig, schedule) -> None:
+def compile_model(model, cfg: TrainConfig, schedule, *, average: bool = False) -> None:
     """Compile with the phase's optimizer and label-smoothed cross-entropy."""
     model.compile(
-        optimizer=make_optimizer(cfg, schedule),
+        optimizer=make_optimizer(cfg, schedule, average=average),
         loss=tf_keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
@@ -211,16 +216,63 @@ class KeepBest(tf_keras.callbacks.Callback):
             self.best, self.weights = value, self.model.get_weights()
 
 
+def swap_average_weights(model) -> None:
+    """Exchange `model`'s trainable weights with its optimizer's moving averages of them (`use_ema`).
+
+    tf-keras keeps the average but has no `keras.callbacks.SwapEMAWeights` (Keras 3); this is
+    the swap inside it, through the optimizer attributes its own `finalize_variable_values` reads.
+    Nothing happens before the optimizer's first step (no averages yet) or without `use_ema`.
+    """
+    optimizer = model.optimizer
+    if not getattr(optimizer, "use_ema", False) or not getattr(optimizer, "_built", False):
+        return
+    for var in model.trainable_variables:
+        index = optimizer._index_dict.get(optimizer._var_key(var))
+        if index is None:  # a variable the optimizer never updated has no average
+            continue
+        average = optimizer._model_variables_moving_average[index]
+        trained, averaged = tf.identity(var), tf.identity(average)
+        var.assign(averaged)
+        average.assign(trained)
+
+
+class AverageWeightsIn(tf_keras.callbacks.Callback):
+    """Validation, and the callbacks after this one at an epoch's end, see the weights' moving average.
+
+    So the accuracy in the history, the best-epoch selection, early stopping and the best
+    weights file all refer to the averaged weights a run keeps. `AverageWeightsOut` swaps the
+    trained weights back before `BackupAndRestore` saves what a resumed run continues from.
+    """
+
+    def on_test_begin(self, logs=None):
+        swap_average_weights(self.model)
+
+    def on_test_end(self, logs=None):
+        swap_average_weights(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        swap_average_weights(self.model)
+
+
+class AverageWeightsOut(tf_keras.callbacks.Callback):
+    """Puts the trained weights back in place of the average `AverageWeightsIn` swapped in."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        swap_average_weights(self.model)
+
+
 def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, select_best: bool, last: bool, extra, keep_best=None):
     """The Keras callbacks of one phase, in the order they must run at epoch end.
 
     With `select_best`, the best validation epoch's weights are kept (a file, or `keep_best`
     in memory) and early stopping may end the last phase; otherwise the last epoch's stay.
+    With a weight average (`train.ema_momentum`, last phase), all of them see the average.
     """
     cb = tf_keras.callbacks
     history = read_history(run.file(HISTORY_CSV))
     best = max((row.get("val_accuracy", float("-inf")) for row in history), default=None)
-    callbacks = [EpochTimer(), cb.CSVLogger(str(run.file(HISTORY_CSV)), append=True)]
+    average = last and bool(cfg.train.ema_momentum)
+    callbacks = [*([AverageWeightsIn()] if average else []), EpochTimer(), cb.CSVLogger(str(run.file(HISTORY_CSV)), append=True)]
     if select_best and keep_best is not None:
         callbacks.append(keep_best)
     elif select_best:
@@ -239,6 +291,7 @@ def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, select_best: boo
     callbacks += [
         cb.TensorBoard(str(run.file("logs")), write_graph=False, profile_batch=0),
         *(extra or []),
+        *([AverageWeightsOut()] if average else []),
         # last, so an epoch is only marked done once everything above has recorded it
         cb.BackupAndRestore(str(run.file(f"{CHECKPOINTS}/{phase.name}")), delete_checkpoint=True),
     ]
@@ -283,11 +336,11 @@ def fit_phases(
         )
         schedule = make_schedule(cfg.train, phase, steps_per_epoch)
         trained = model if teacher is None else distiller(model, teacher, cfg.train)
+        last = index == len(phases) - 1  # the phase whose weights the run keeps, averaged with `ema_momentum`
         if teacher is None:
-            compile_model(model, cfg.train, schedule)
+            compile_model(model, cfg.train, schedule, average=last)
         else:
-            trained.compile(optimizer=make_optimizer(cfg.train, schedule))
-        last = index == len(phases) - 1
+            trained.compile(optimizer=make_optimizer(cfg.train, schedule, average=last))
         trained.fit(
             train_ds,
             steps_per_epoch=steps_per_epoch if repeated else None,

@@ -67,7 +67,7 @@ def test_resume_after_interrupt(tmp_path, image_folder):
     cfg = load_config(overrides={
         "data.source": str(image_folder), "data.batch_size": 8, "model.weights": "none",
         "model.input_size": 32, "train.strategy": "full", "train.epochs": 4, "train.warmup_epochs": 1,
-        "train.patience": 0, "run.runs_dir": str(tmp_path), "run.name": "killed",
+        "train.patience": 0, "train.ema_momentum": 0.9, "run.runs_dir": str(tmp_path), "run.name": "killed",
     })  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         run_finetune(cfg, callbacks=[StopAt(2)])

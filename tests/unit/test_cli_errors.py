@@ -34,6 +34,7 @@ def assert_usage_error(code, out, err, tmp_path, message):
         (["--strategy", "partial", "--unfreeze", "40"], "`--unfreeze` must be in [1, 13] for mobilenet"),
         (["--strategy", "everything"], "`--strategy` must be one of frozen, partial, full"),
         (["--epochs", "0"], "`--epochs` must be a positive integer; got 0."),
+        (["--ema-momentum", "1.0"], "`--ema-momentum` must be in [0, 1); got 1.0."),
         (["--set", "train.epochz=3"], "unknown config key `train.epochz`"),
         (["--set", "nonsense"], "`--set` takes section.key=value"),
         (["--epochs", "many"], "Invalid value for '--epochs'"),
