@@ -176,17 +176,23 @@ def write_input_size_pareto(rows: list[dict]) -> None:
     base = next((r for r in rows if r["name"] == "mcu-default"), None)
     if base is None or len(rows) < 2:
         return
-    lines = ["| input | MACs | TFLM arena | LiteRT int8 p50 | int8 TFLite | vs 128 px |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| input | MACs | TFLM arena | LiteRT int8 p50 (host CPU) | int8 TFLite | vs 128 px |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         delta = 100 * (r["int8_tflite"] - base["int8_tflite"])
         lines.append(f"| {r['input_size']} px | {r['macs'] / 1e6:.1f} M | {r['arena']:,} B | {r['latency_ms']:.3f} ms"
-                     f" | {r['int8_tflite']:.4f} | {delta:+.2f} points |")  # fmt: skip
-    _plot_pareto(rows)
-    write_section("zoo-input-size", PARETO_TEXT.format(table="\n".join(lines), plot=PARETO_PLOT.relative_to(DOC.parent).as_posix()),
-                  doc=DOC)  # fmt: skip
+                     f" ({cpu_model(r['machine'])}) | {r['int8_tflite']:.4f} | {delta:+.2f} points |")  # fmt: skip
+    one_host = len({cpu_model(r["machine"]) for r in rows}) == 1
+    _plot_pareto(rows, with_latency=one_host)
+    latency = "" if one_host else LATENCY_HOSTS_NOTE
+    text = PARETO_TEXT.format(table="\n".join(lines), latency=latency, plot=PARETO_PLOT.relative_to(DOC.parent).as_posix())
+    write_section("zoo-input-size", text, doc=DOC)
 
 
-def _plot_pareto(rows: list[dict]) -> None:
+def _plot_pareto(rows: list[dict], *, with_latency: bool) -> None:
+    """int8 accuracy against MACs, each point labelled with its arena (and latency, when one CPU measured them all)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -196,7 +202,8 @@ def _plot_pareto(rows: list[dict]) -> None:
     macs, accuracy = [r["macs"] / 1e6 for r in rows], [100 * r["int8_tflite"] for r in rows]
     ax.plot(macs, accuracy, "o-", color="tab:blue")
     for r, x, y in zip(rows, macs, accuracy, strict=True):
-        ax.annotate(f"{r['input_size']} px\n{r['arena'] / 1024:.0f} KiB arena, {r['latency_ms']:.2f} ms", (x, y),
+        label = f"{r['input_size']} px\n{r['arena'] / 1024:.0f} KiB arena" + (f", {r['latency_ms']:.2f} ms" if with_latency else "")
+        ax.annotate(label, (x, y),
                     textcoords="offset points", xytext=(0, 9), ha="center", fontsize=7)  # fmt: skip
     ax.margins(x=0.2, y=0.35)
     ax.set_xlabel("MACs (millions)")
@@ -217,8 +224,13 @@ and the latency grow with the pixels. Pick the largest size whose arena and late
 (`edgecls optimize RUN --fit PROFILE` searches sizes and channel shares for a profile).
 
 {table}
-
+{latency}
 ![int8 accuracy against MACs by input size]({plot})
+"""
+
+LATENCY_HOSTS_NOTE = """
+The rows' latencies were measured on different host CPUs (each named beside its latency): compare latencies only
+between rows of one CPU. The arena and the MACs do not depend on the host.
 """
 
 
