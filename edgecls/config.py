@@ -201,8 +201,8 @@ class TrainConfig:
         ema_momentum: Momentum of an exponential moving average of the weights (Polyak averaging,
             Keras' `use_ema`), kept over the last phase (the head warm-up starts from a random head,
             which an average would drag along); validation, selection and the saved model use the
-            average. The BatchNorm statistics are not averaged: they keep tracking the trained
-            weights. 0 for none. Defaults to 0.
+            average. The BatchNorm statistics of the layers that train are averaged too (as in timm's
+            `ModelEmaV2`; `edgecls.train.WeightAverage`). 0 for none. Defaults to 0.
     """
 
     strategy: Literal["frozen", "partial", "full"] = "full"

@@ -216,24 +216,54 @@ class KeepBest(tf_keras.callbacks.Callback):
             self.best, self.weights = value, self.model.get_weights()
 
 
-def swap_average_weights(model) -> None:
-    """Exchange `model`'s trainable weights with its optimizer's moving averages of them (`use_ema`).
+class WeightAverage:
+    """The exponential moving average of a model's weights that a run with `train.ema_momentum` keeps.
 
-    tf-keras keeps the average but has no `keras.callbacks.SwapEMAWeights` (Keras 3); this is
-    the swap inside it, through the optimizer attributes its own `finalize_variable_values` reads.
-    Nothing happens before the optimizer's first step (no averages yet) or without `use_ema`.
+    The optimizer averages the trainable weights (Keras' `use_ema`). No optimizer touches the
+    BatchNorm statistics, which keep tracking the trained weights; set against averaged weights,
+    they are wrong while the weights still move (CIFAR-10, momentum 0.999: 0.24 and 0.26 validation
+    accuracy after epochs 2 and 3, where the trained weights of the same recipe score 0.62-0.77,
+    docs/benchmarks.md). This averages them too, with the same momentum, as
+    timm's `ModelEmaV2` does. tf-keras has no `keras.callbacks.SwapEMAWeights` (Keras 3); `swap`
+    is its exchange, through the optimizer attributes Keras' `finalize_variable_values` reads.
     """
-    optimizer = model.optimizer
-    if not getattr(optimizer, "use_ema", False) or not getattr(optimizer, "_built", False):
-        return
-    for var in model.trainable_variables:
-        index = optimizer._index_dict.get(optimizer._var_key(var))
-        if index is None:  # a variable the optimizer never updated has no average
-            continue
-        average = optimizer._model_variables_moving_average[index]
-        trained, averaged = tf.identity(var), tf.identity(average)
-        var.assign(averaged)
-        average.assign(trained)
+
+    def __init__(self, momentum: float):
+        self.momentum = momentum
+        self.statistics: list = []
+        self.averages: list = []
+
+    def start(self, model) -> None:
+        """Begin averaging the statistics of the BatchNorm layers that train, from their values now."""
+        layers = [m for m in model.submodules if isinstance(m, tf_keras.layers.BatchNormalization) and m.trainable]
+        self.statistics = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+        self.averages = [tf.Variable(tf.identity(v), trainable=False) for v in self.statistics]
+
+    @tf.function
+    def update(self) -> None:
+        """One step of the statistics' average (the optimizer updates the weights' own)."""
+        for average, value in zip(self.averages, self.statistics, strict=True):
+            average.assign(self.momentum * average + (1.0 - self.momentum) * value)
+
+    def swap(self, model) -> None:
+        """Exchange the model's weights and statistics with their averages; nothing before the first step."""
+        optimizer = model.optimizer
+        if not getattr(optimizer, "use_ema", False) or not getattr(optimizer, "_built", False):
+            return
+        pairs = list(zip(self.statistics, self.averages, strict=True))
+        for var in model.trainable_variables:
+            index = optimizer._index_dict.get(optimizer._var_key(var))
+            if index is not None:  # a variable the optimizer never updated has no average
+                pairs.append((var, optimizer._model_variables_moving_average[index]))
+        for var, average in pairs:
+            trained, averaged = tf.identity(var), tf.identity(average)
+            var.assign(averaged)
+            average.assign(trained)
+
+    def finalize(self) -> None:
+        """Keep the averaged statistics (`fit` itself writes the averaged weights into the model)."""
+        for var, average in zip(self.statistics, self.averages, strict=True):
+            var.assign(average)
 
 
 class AverageWeightsIn(tf_keras.callbacks.Callback):
@@ -242,23 +272,46 @@ class AverageWeightsIn(tf_keras.callbacks.Callback):
     So the accuracy in the history, the best-epoch selection, early stopping and the best
     weights file all refer to the averaged weights a run keeps. `AverageWeightsOut` swaps the
     trained weights back before `BackupAndRestore` saves what a resumed run continues from.
+    The statistics' average starts at the first step, after `BackupAndRestore` restored a
+    resumed run's state (it is not saved: a resumed run restarts it from the restored values).
     """
 
+    def __init__(self, average: WeightAverage):
+        super().__init__()
+        self.average = average
+        self._started = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self._started:
+            self.average.start(self.model)
+            self._started = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.average.update()
+
     def on_test_begin(self, logs=None):
-        swap_average_weights(self.model)
+        self.average.swap(self.model)
 
     def on_test_end(self, logs=None):
-        swap_average_weights(self.model)
+        self.average.swap(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
-        swap_average_weights(self.model)
+        self.average.swap(self.model)
+
+    def on_train_end(self, logs=None):
+        if self._started:
+            self.average.finalize()
 
 
 class AverageWeightsOut(tf_keras.callbacks.Callback):
     """Puts the trained weights back in place of the average `AverageWeightsIn` swapped in."""
 
+    def __init__(self, average: WeightAverage):
+        super().__init__()
+        self.average = average
+
     def on_epoch_end(self, epoch, logs=None):
-        swap_average_weights(self.model)
+        self.average.swap(self.model)
 
 
 def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, select_best: bool, last: bool, extra, keep_best=None):
@@ -271,8 +324,9 @@ def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, select_best: boo
     cb = tf_keras.callbacks
     history = read_history(run.file(HISTORY_CSV))
     best = max((row.get("val_accuracy", float("-inf")) for row in history), default=None)
-    average = last and bool(cfg.train.ema_momentum)
-    callbacks = [*([AverageWeightsIn()] if average else []), EpochTimer(), cb.CSVLogger(str(run.file(HISTORY_CSV)), append=True)]
+    average = WeightAverage(cfg.train.ema_momentum) if last and cfg.train.ema_momentum else None
+    callbacks = [AverageWeightsIn(average)] if average else []
+    callbacks += [EpochTimer(), cb.CSVLogger(str(run.file(HISTORY_CSV)), append=True)]
     if select_best and keep_best is not None:
         callbacks.append(keep_best)
     elif select_best:
@@ -291,7 +345,7 @@ def phase_callbacks(run: RunDir, phase: Phase, cfg: EdgeConfig, select_best: boo
     callbacks += [
         cb.TensorBoard(str(run.file("logs")), write_graph=False, profile_batch=0),
         *(extra or []),
-        *([AverageWeightsOut()] if average else []),
+        *([AverageWeightsOut(average)] if average else []),
         # last, so an epoch is only marked done once everything above has recorded it
         cb.BackupAndRestore(str(run.file(f"{CHECKPOINTS}/{phase.name}")), delete_checkpoint=True),
     ]
