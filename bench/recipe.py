@@ -69,7 +69,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", "12"],
     ),
     "bn-lr2e-3-w1-ema": (
-        "BatchNorm trained, lr 2e-3, 1 warm-up epoch, weight EMA (momentum 0.999, about 1.4 epochs)",
+        "BatchNorm trained, lr 2e-3, 1 warm-up epoch, weight EMA with BatchNorm statistics (momentum 0.999, about 1.4 epochs)",
         ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--ema-momentum", "0.999"],
     ),
     "bn-lr2e-3-w1-e30": (

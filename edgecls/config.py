@@ -202,7 +202,8 @@ class TrainConfig:
             Keras' `use_ema`), kept over the last phase (the head warm-up starts from a random head,
             which an average would drag along); validation, selection and the saved model use the
             average. The BatchNorm statistics of the layers that train are averaged too (as in timm's
-            `ModelEmaV2`; `edgecls.train.WeightAverage`). 0 for none. Defaults to 0.
+            `ModelEmaV2`; `edgecls.train.WeightAverage`). One replica only: tf-keras' average fails
+            under a `tf.distribute` strategy with several, so that is a config error. 0 for none. Defaults to 0.
     """
 
     strategy: Literal["frozen", "partial", "full"] = "full"

@@ -576,6 +576,11 @@ def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, 
     from edgecls.models import create_model, get_spec
 
     placement = make_placement(cfg.train.distribute)
+    if cfg.train.ema_momentum and placement.replicas > 1:  # tf-keras' average updates nest the strategy's scope
+        raise ConfigError(
+            f"train.ema_momentum needs one replica: tf-keras' weight average fails with {placement.replicas} "
+            "(`Must not nest tf.distribute.Strategy scopes`); set train.distribute=none or ema_momentum=0."
+        )
     scratch = None if placement.is_chief else tempfile.mkdtemp(prefix="edgecls-worker-")  # only the chief writes the run
     run = RunDir(cfg.run_path if scratch is None else Path(scratch) / cfg.run_name)
     run.check_target(force=force, resume=resume, stage="finetune")
