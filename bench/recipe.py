@@ -72,6 +72,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "BatchNorm trained, lr 2e-3, 1 warm-up epoch, weight EMA with BatchNorm statistics (momentum 0.999, about 1.4 epochs)",
         ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--ema-momentum", "0.999"],
     ),
+    "bn-lr2e-3-w1-e20": (
+        "BatchNorm trained, lr 2e-3, 1 warm-up epoch, 20 epochs, no early stopping (how far epochs alone go)",
+        ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", "20", "--set", "train.patience=0"],
+    ),
     "bn-lr2e-3-w1-e30": (
         "BatchNorm trained, lr 2e-3, 1 warm-up epoch, 30 epochs (the ceiling without a teacher)",
         ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", "30", "--set", "train.patience=0"],
