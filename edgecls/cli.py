@@ -148,7 +148,7 @@ def finetune(
         float | None, typer.Option(help="Momentum of a moving average of the weights, kept instead of them (0: none).")
     ] = None,
     dropout: Annotated[float | None, typer.Option(help="Dropout before the classifier.")] = None,
-    augment: Annotated[str | None, typer.Option(help="Comma list of crop,flip,color, or none.")] = None,
+    augment: Annotated[str | None, typer.Option(help="Comma list of crop,flip,color,mixup,cutmix, or none.")] = None,
     limit_per_class: Annotated[int | None, typer.Option(help="At most N training images per class.")] = None,
     test_limit_per_class: Annotated[int | None, typer.Option(help="At most N test images per class.")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Validation share of train.")] = None,

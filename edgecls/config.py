@@ -20,7 +20,8 @@ import yaml
 from edgecls.errors import ConfigError
 from edgecls.models.specs import check_model_arguments, get_spec
 
-AUGMENTATIONS = ("crop", "flip", "color")
+AUGMENTATIONS = ("crop", "flip", "color", "mixup", "cutmix")
+MIXING = ("mixup", "cutmix")  # they mix images and labels: fine-tuning only, not the short QAT runs
 BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
@@ -69,8 +70,13 @@ class DataConfig:
         limit_per_class: Keep at most this many training images per class. Defaults to all.
         test_limit_per_class: Keep at most this many test images per class. Defaults
             to all: metrics are on the full test split unless you ask otherwise.
-        augment: Training augmentations among `crop`, `flip`, `color`; empty for
-            none. Defaults to `("crop", "flip")`.
+        augment: Training augmentations among `crop`, `flip`, `color`, `mixup` and `cutmix`;
+            empty for none. Mixup and CutMix blend pairs of images and their labels
+            (`edgecls.data.pipeline.mix_batch`); they act in fine-tuning, not in the few epochs of
+            quantization-aware training or pruning. Defaults to `("crop", "flip")`.
+        mixup_alpha: Mixup's Beta(alpha, alpha) parameter. Defaults to 0.2, the mixup paper's
+            ImageNet setting: weights near 0 or 1, mild mixing for fine-tuning.
+        cutmix_alpha: CutMix's Beta parameter. Defaults to 1.0, the CutMix paper's (a uniform box area).
         batch_size: Images per batch. Defaults to 64.
         on_bad_image: `skip` (warn, count and record unreadable files) or `error`
             (stop at the first, naming it). Defaults to `skip`.
@@ -87,6 +93,8 @@ class DataConfig:
     limit_per_class: int | None = None
     test_limit_per_class: int | None = None
     augment: tuple[str, ...] = ("crop", "flip")
+    mixup_alpha: float = 0.2
+    cutmix_alpha: float = 1.0
     batch_size: int = 64
     on_bad_image: Literal["skip", "error"] = "skip"
     mode: Literal["auto", "memory", "stream"] = "auto"
@@ -109,6 +117,10 @@ class DataConfig:
         unknown = [a for a in self.augment if a not in AUGMENTATIONS]
         if unknown:
             _fail("data.augment", f"a subset of {', '.join(AUGMENTATIONS)}", unknown[0])
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                _fail(f"data.{key}", "a positive number", value)
         if not 1 <= self.batch_size <= 4096:
             _fail("data.batch_size", "in [1, 4096]", self.batch_size)
 

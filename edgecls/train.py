@@ -653,6 +653,8 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
         augment=cfg.data.augment,
         seed=cfg.run.seed,
         soft_targets=cached.get("train"),
+        mixup_alpha=cfg.data.mixup_alpha,
+        cutmix_alpha=cfg.data.cutmix_alpha,
     )
     has_val = len(dataset.val) > 0
     val_ds = None

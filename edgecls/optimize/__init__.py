@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from edgecls.config import EdgeConfig, OptimizeConfig
+from edgecls.config import MIXING, EdgeConfig, OptimizeConfig
 from edgecls.errors import ConfigError, RunError
 from edgecls.run import RunDir, atomic_write_json
 
@@ -268,7 +268,7 @@ def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), 
         num_classes=data.num_classes,
         batch_size=batch,
         mode=get_spec(cfg.model.name).preprocessing,
-        augment=cfg.data.augment,
+        augment=tuple(name for name in cfg.data.augment if name not in MIXING),  # a few epochs on real images
         seed=cfg.run.seed,
     )
     start = time.perf_counter()

@@ -86,6 +86,7 @@ def test_resume_after_interrupt(tmp_path, image_folder):
 
 
 def test_same_seed_same_result(tmp_path, image_folder):
+    """Two runs with one seed train alike, mixup and CutMix included: every random draw is stateless in the seed."""
     from edgecls.train import run_finetune
 
     results = []
@@ -93,7 +94,7 @@ def test_same_seed_same_result(tmp_path, image_folder):
         cfg = load_config(overrides={
             "data.source": str(image_folder), "data.batch_size": 8, "model.weights": "none",
             "model.input_size": 32, "train.strategy": "full", "train.epochs": 2, "train.warmup_epochs": 1,
-            "run.runs_dir": str(tmp_path), "run.name": name,
+            "data.augment": "crop,flip,mixup,cutmix", "run.runs_dir": str(tmp_path), "run.name": name,
         })  # fmt: skip
         run_finetune(cfg)
         results.append(json.loads((tmp_path / name / "history.json").read_text()))

@@ -44,6 +44,8 @@ def test_family_default_alpha_resolved():
         ({"train.warmup_epochs": 5, "train.epochs": 5}, "`train.warmup_epochs` must be in [0, train.epochs)"),
         ({"data.val_fraction": 0.7}, "`data.val_fraction` must be in [0, 0.5)"),
         ({"data.augment": "crop,rotate"}, "`data.augment` must be a subset"),
+        ({"data.augment": "mixup", "data.mixup_alpha": 0}, "`data.mixup_alpha` must be a positive number"),
+        ({"data.cutmix_alpha": "nan"}, "`data.cutmix_alpha` must be a positive number"),
         ({"train.epochz": 3}, "unknown config key `train.epochz`"),
         ({"trainer.epochs": 3}, "unknown config section `trainer`"),
     ],

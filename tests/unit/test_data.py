@@ -12,7 +12,7 @@ import pytest
 from conftest import make_image_folder, write_image
 from edgecls.config import DataConfig
 from edgecls.data import limit_per_class, load_dataset, stratified_split
-from edgecls.data.pipeline import augment_batch, eval_dataset, preprocess, train_dataset
+from edgecls.data.pipeline import augment_batch, eval_dataset, mix_batch, preprocess, train_dataset
 from edgecls.data.sources import list_source
 from edgecls.errors import DataError
 
@@ -151,6 +151,76 @@ def test_augmentation_is_seeded_and_keeps_content():
     flipped = augment_batch(tf.constant(images), ("flip",), seed).numpy()
     for original, out in zip(images, flipped, strict=False):  # flip only: each image is itself or its mirror
         assert np.array_equal(out, original) or np.array_equal(out, original[:, ::-1])
+
+
+def _constant_images(batch: int, size: int):
+    """Image i filled with the value i + 1: every mixed pixel tells which images it came from."""
+    return np.broadcast_to(np.arange(1, batch + 1, dtype=np.float32)[:, None, None, None], (batch, size, size, 3)).copy()
+
+
+def test_mixup_blends_each_image_and_its_labels_with_one_weight():
+    import tensorflow as tf
+
+    batch, classes = 8, 8
+    images, labels = _constant_images(batch, 6), np.eye(classes, dtype=np.float32)  # image i has label i
+    mixed, targets = (t.numpy() for t in mix_batch(tf.constant(images), tf.constant(labels), ("mixup",),
+                                                   tf.constant([5, 6], tf.int64), mixup_alpha=1.0))  # fmt: skip
+    partner = batch - 1 - np.arange(batch)
+    own_weight = targets[np.arange(batch), np.arange(batch)]  # read off the labels, checked against the pixels
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(targets[np.arange(batch), partner] + own_weight, 1.0, atol=1e-6)
+    expected = own_weight * (np.arange(batch) + 1) + (1 - own_weight) * (partner + 1)
+    np.testing.assert_allclose(mixed, np.broadcast_to(expected[:, None, None, None], mixed.shape), atol=1e-5)
+    assert len(np.unique(np.round(own_weight, 4))) == batch  # a weight per image, not one per batch
+
+
+def test_cutmix_pastes_one_box_and_weights_the_labels_by_its_area():
+    import tensorflow as tf
+
+    batch, size = 16, 12
+    images, labels = _constant_images(batch, size), np.eye(batch, dtype=np.float32)
+    mixed, targets = (t.numpy() for t in mix_batch(tf.constant(images), tf.constant(labels), ("cutmix",),
+                                                   tf.constant([1, 9], tf.int64)))  # fmt: skip
+    pasted_any = False
+    for i in range(batch):
+        partner = batch - 1 - i
+        own = mixed[i, :, :, 0] == i + 1
+        pasted = mixed[i, :, :, 0] == partner + 1
+        assert np.all(own | pasted) and np.all(mixed[i] == mixed[i, :, :, :1])  # every pixel from one of the two
+        np.testing.assert_allclose(targets[i, i], own.mean(), atol=1e-6)  # the label weight is the area kept
+        if pasted.any():
+            pasted_any = True
+            rows, cols = np.nonzero(pasted)  # the pasted pixels fill their bounding box: one rectangle
+            assert pasted.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+    assert pasted_any
+
+
+def test_mixing_weights_follow_the_beta_distribution_of_alpha():
+    """Beta(a, a) has mean 1/2 and variance 1 / (4 (2a + 1)): alpha 0.2 mixes little, alpha 2 a lot."""
+    import tensorflow as tf
+
+    batch = 4096
+    labels = tf.one_hot(np.arange(batch) % 2, 2)  # the reversed partner of an even index is odd
+    images = tf.zeros([batch, 2, 2, 3])
+    for alpha in (0.2, 2.0):
+        _, targets = mix_batch(images, labels, ("mixup",), tf.constant([3, 4], tf.int64), mixup_alpha=alpha)
+        weights = targets.numpy()[np.arange(batch), np.arange(batch) % 2]
+        assert abs(weights.mean() - 0.5) < 0.03
+        assert abs(weights.var() - 1 / (4 * (2 * alpha + 1))) < 0.01
+
+
+def test_training_pipeline_mixes_every_target_alike():
+    """With cached teacher outputs, the labels and the soft targets are blended with the same weights."""
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3)).astype(np.uint8)
+    labels = np.arange(8) % 4
+    soft = np.eye(4, dtype=np.float32)[labels]  # soft targets equal to the labels must stay equal to them
+    data = train_dataset(images, labels, num_classes=4, batch_size=8, mode="tf", augment=("flip", "mixup", "cutmix"),
+                         seed=0, soft_targets=soft)  # fmt: skip
+    _, (one_hot, teacher) = next(data.as_numpy_iterator())
+    np.testing.assert_allclose(one_hot, teacher, atol=1e-6)
+    assert ((one_hot > 0) & (one_hot < 1)).any()  # mixed, not one-hot
+    again = next(data.as_numpy_iterator())[1][0]
+    assert not np.allclose(one_hot, again)  # a new mix every epoch
 
 
 def test_pipelines_batch_preprocess_and_one_hot():
