@@ -4,7 +4,8 @@ Every variant is `edgecls finetune` on the full JPEG CIFAR-10 of ../shared (45,0
 5,000 val / 10,000 test), MobileNet v1 0.25 @128 px from the ImageNet file, run through the
 CLI exactly as a user would, one after the other (never two at once: they would share the
 cores and their wall times would mean nothing). A variant whose run folder already holds a
-finished manifest is not run again, so the study can be stopped and continued.
+finished manifest is not run again, and one that was stopped mid-way is resumed (`edgecls finetune
+--resume`), so the study can be stopped and continued, across sessions too.
 
 Model selection is by validation accuracy; the test accuracy is reported, never used to choose.
 Each finished variant's figures (with its command, date, commit and machine) are also kept in
@@ -91,18 +92,40 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def stopped_seconds(folder: Path) -> float | None:
+    """The epoch seconds a stopped fine-tune already spent, or None when `folder` holds no stopped run.
+
+    A run stopped mid-way (a session's end, Ctrl-C) keeps its config, its history and its resume
+    state but has no finished `finetune` stage; `edgecls finetune --resume` continues it.
+    """
+    from edgecls.run import RunDir
+    from edgecls.train import HISTORY_CSV, read_history
+
+    run = RunDir(folder)
+    if not (folder / "config.yaml").is_file() or run.stage("finetune") is not None:
+        return None
+    return sum(row.get("epoch_seconds", 0.0) for row in read_history(folder / HISTORY_CSV))
+
+
 def run_variant(name: str, flags: list[str], runs_dir: Path) -> dict:
-    """Run one variant through the CLI unless it already finished; return its figures."""
+    """Run one variant through the CLI unless it already finished, or resume it if it was stopped; return its figures.
+
+    The wall time of a resumed run is the stopped attempt's epoch seconds plus the resumed attempt's wall time (the
+    stopped attempt's data loading is not counted), and its row says `resumed`; its commit is the one it resumed at.
+    """
     folder = runs_dir / name
     command = [
         "edgecls", "finetune", "--data", str(CIFAR_JPEG), "--name", name, "--runs-dir", str(runs_dir), "--force", *flags,
     ]  # fmt: skip
     timing = folder / "wall_seconds.json"
     if not (folder / "manifest.json").exists() or not timing.exists():
-        commit, start = git_sha(), time.perf_counter()  # the code the run starts with
-        subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], check=True, cwd=ROOT)
-        seconds = time.perf_counter() - start
-        timing.write_text(json.dumps({"wall_seconds": seconds, "commit": commit, "date": today(), "machine": machine()}))
+        earlier = stopped_seconds(folder)
+        todo = command if earlier is None else ["edgecls", "finetune", "--name", name, "--runs-dir", str(runs_dir), "--resume"]
+        commit, start = git_sha(), time.perf_counter()  # the code the run starts (or resumes) with
+        subprocess.run([str(Path(sys.executable).parent / todo[0]), *todo[1:]], check=True, cwd=ROOT)
+        seconds = time.perf_counter() - start + (earlier or 0.0)
+        record = {"wall_seconds": seconds, "commit": commit, "date": today(), "machine": machine()}
+        timing.write_text(json.dumps(record | ({"resumed": True} if earlier is not None else {})))
     metrics = json.loads((folder / "metrics.json").read_text())
     history = json.loads((folder / "history.json").read_text())
     full_epochs = [row["epoch_seconds"] for row in history[1:] if "epoch_seconds" in row]  # after the head warm-up
@@ -138,7 +161,8 @@ def recipe_section(rows: dict[str, dict]) -> str:
     for name, row in rows.items():
         lines.append(
             f"| {name} | {VARIANTS[name][0]} | {row['best_val_accuracy']:.4f} | {row['test_accuracy']:.4f} |"
-            f" {row['epochs_run']} | {row['wall_seconds'] / 60:.1f} min | {row['fastest_epoch']:.0f} s"
+            f" {row['epochs_run']} | {row['wall_seconds'] / 60:.1f} min{' (resumed)' if row.get('resumed') else ''}"
+            f" | {row['fastest_epoch']:.0f} s"
             f" | {row['date']}, {row['commit']}, {cpu_model(row['machine'])} | `{row['command']}` |"
         )
     return "\n".join(lines)

@@ -55,3 +55,16 @@ def test_record_rows_keeps_earlier_rows_and_replaces_a_rerun(results):
     assert rows == {"a": {"acc": 0.5}, "b": {"acc": 0.7}, "c": {"acc": 0.8}}
     assert json.loads((results / "study.json").read_text()) == rows
     assert common.recorded_rows("never-run") == {}
+
+
+def test_a_stopped_recipe_run_is_resumed_with_its_epoch_time(tmp_path):
+    """A run folder with a config but no finished fine-tune is continued, and its finished epochs' seconds count."""
+    assert recipe.stopped_seconds(tmp_path / "absent") is None
+    folder = tmp_path / "stopped"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("run:\n  name: stopped\n")
+    assert recipe.stopped_seconds(folder) == 0.0  # stopped before its first epoch ended
+    (folder / "history.csv").write_text("epoch,loss,epoch_seconds\n0,1.5,64.5\n1,1.2,300.25\n")
+    assert recipe.stopped_seconds(folder) == pytest.approx(364.75)
+    (folder / "manifest.json").write_text(json.dumps({"stages": {"finetune": {"metrics": {}}}}))
+    assert recipe.stopped_seconds(folder) is None  # finished: nothing to resume
