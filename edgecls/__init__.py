@@ -4,7 +4,7 @@ TFMOT works only with tf-keras (Keras 2), so the legacy-Keras switch is set here
 before any submodule imports TensorFlow. So is TensorFlow's oneDNN switch: TensorFlow
 turns its oneDNN kernels on by default only on CPUs with AVX512_VNNI, AVX512_BF16 or
 AMX, and on the many AVX2-only CPUs (AMD EPYC and Ryzen, older Intel) it trains on its
-Eigen kernels instead, 3x slower for MobileNet v1 0.25 at 128 px (docs/benchmarks.md,
+Eigen kernels instead, 2-3x slower for MobileNet v1 0.25 at 128 px (docs/benchmarks.md,
 "oneDNN"). A value the user set is kept.
 """
 

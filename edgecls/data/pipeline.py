@@ -110,7 +110,7 @@ def mix_batch(images, targets, augment: Sequence[str], seed, *, mixup_alpha: flo
     tuple of them and a teacher's outputs) are blended with the same `w`. With both names, each
     image takes one of the two at even odds. Hand-written rather than Keras 3's `MixUp`/`CutMix`
     layers: those draw from a stateful seed generator, and this pipeline's augmentation is
-    stateless in the batch's seed so that a resumed run sees the same batches.
+    stateless in the batch's seed, so that one seed reproduces a run under tf.data's parallel map.
 
     Args:
         images: float [B, H, W, C].

@@ -277,3 +277,28 @@ def test_keras_cifar10_when_cached(monkeypatch):
     assert source.class_names[0] == "airplane" and len(source.train) == 20 and source.train.kind == "pixels"
     data = load_dataset(DataConfig(source="cifar10", val_fraction=0.0), 48, seed=0)
     assert data.train.images.shape == (20, 48, 48, 3)
+
+
+def test_qat_and_pruning_train_on_unmixed_images(monkeypatch):
+    """`optimize`'s few epochs drop mixup and CutMix from the run's augmentations and keep the rest."""
+    import types
+
+    import tensorflow as tf
+    import tf_keras
+
+    import edgecls.data.pipeline as pipeline
+    from edgecls.config import load_config
+    from edgecls.optimize import _fit
+
+    seen = {}
+
+    def fake_training_dataset(split, **kwargs):
+        seen.update(kwargs)
+        return tf.data.Dataset.from_tensors((tf.zeros([2, 8, 8, 3]), tf.one_hot([0, 1], 2)))
+
+    monkeypatch.setattr(pipeline, "training_dataset", fake_training_dataset)
+    inputs = tf_keras.Input((8, 8, 3))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(2, activation="softmax")(tf_keras.layers.GlobalAveragePooling2D()(inputs)))
+    cfg = load_config(overrides={"data.augment": "crop,mixup,flip,cutmix", "model.weights": "none"})
+    _fit(model, cfg, types.SimpleNamespace(train=[0, 1], num_classes=2), epochs=1, lr=1e-3)
+    assert seen["augment"] == ("crop", "flip")
