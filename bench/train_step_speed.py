@@ -31,6 +31,7 @@ def main() -> None:
     else:
         os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
     import numpy as np
+    import tensorflow as tf
     import tf_keras
 
     tf_keras.mixed_precision.set_global_policy(args.policy)
@@ -39,8 +40,6 @@ def main() -> None:
     model = tf_keras.Model(base.input, outputs)
     loss = tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(tf_keras.optimizers.Adam(1e-3), loss, jit_compile=args.jit)
-    import tensorflow as tf
-
     rng = np.random.default_rng(0)
     images, labels = rng.random((64 * 4, 128, 128, 3), np.float32), rng.integers(0, 10, 64 * 4)
     batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(64).repeat().prefetch(2)  # no copy in the timing
