@@ -95,6 +95,14 @@ def run_folder(name: str) -> Path:
     return RUNS / (names[0] if names else name)
 
 
+def shipped_shape(run: RunDir, final: str, input_size: int, macs: int | None) -> tuple[int, int | None]:
+    """Input size and MACs of the model a row ships: a channel stage's (`--fit` may change both), else the fine-tune's."""
+    if final not in ("channels", "cqat"):
+        return input_size, macs
+    channels = run.require_stage("channels").get("metrics", {})
+    return channels.get("input_size", input_size), channels.get("macs", macs)
+
+
 def measure_row(name: str) -> dict | None:
     """What a finished run's manifest says, for the table; None if the row was not run."""
     info_path, run = RUNS / f"{name}.zoo.json", RunDir(run_folder(name))
@@ -110,12 +118,13 @@ def measure_row(name: str) -> dict | None:
     if final != "finetune":
         train_seconds += info.get("optimize_seconds") or optimize_seconds(run, finetune, final)
     accuracy = results.accuracy
+    input_size, macs = shipped_shape(run, final, record.input_size, metrics.get("macs"))
     teacher = (finetune["inputs"].get("teacher") or {}).get("run")
     return {
         "name": name,
         "backbone": record.backbone,
         "alpha": record.alpha,
-        "input_size": record.input_size,
+        "input_size": input_size,
         "strategy": metrics.get("strategy"),
         "final_stage": final,
         "teacher": Path(teacher).name if teacher else "",
@@ -124,7 +133,7 @@ def measure_row(name: str) -> dict | None:
         "int8_onnx": accuracy("onnxruntime", "int8"),
         "int8_bytes": results.int8_bytes(),
         "arena": results.firmware.arena_bytes_measured if results.firmware else None,
-        "macs": metrics.get("macs"),
+        "macs": macs,
         "latency_ms": results.p50_ms("int8"),
         "train_minutes": train_seconds / 60,
         "machine": "machine not recorded",  # zoo.json files written before rows named their machine

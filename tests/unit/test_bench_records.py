@@ -68,3 +68,15 @@ def test_a_stopped_recipe_run_is_resumed_with_its_epoch_time(tmp_path):
     assert recipe.stopped_seconds(folder) == pytest.approx(364.75)
     (folder / "manifest.json").write_text(json.dumps({"stages": {"finetune": {"metrics": {}}}}))
     assert recipe.stopped_seconds(folder) is None  # finished: nothing to resume
+
+
+def test_a_fitted_row_shows_the_input_size_and_macs_it_ships(tmp_path):
+    """A `--fit` row ships the channel stage's model (here 96 px), not the 128-px fine-tune it started from."""
+    from edgecls.run import RunDir
+
+    stages = {"finetune": {"metrics": {"macs": 13_316_608}}, "channels": {"metrics": {"input_size": 96, "macs": 7_491_712}}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 1, "stages": stages}))
+    run = RunDir(tmp_path)
+    assert zoo.shipped_shape(run, "cqat", 128, 13_316_608) == (96, 7_491_712)
+    assert zoo.shipped_shape(run, "channels", 128, 13_316_608) == (96, 7_491_712)
+    assert zoo.shipped_shape(run, "qat", 128, 13_316_608) == (128, 13_316_608)  # QAT of the fine-tune itself
