@@ -17,9 +17,9 @@ from edgecls.errors import EdgeclsError, StageInterruptedError
 
 # Importing a command module registers its commands; `edgecls --help` lists them in this order.
 # isort: off
-from edgecls.cli import train  # noqa: E402, F401
-from edgecls.cli import deploy  # noqa: E402, F401
-from edgecls.cli import check  # noqa: E402, F401
+from edgecls.cli import train  # noqa: F401
+from edgecls.cli import deploy  # noqa: F401
+from edgecls.cli import check  # noqa: F401
 # isort: on
 
 __all__ = ["app", "entry", "main"]
