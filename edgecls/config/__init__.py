@@ -62,6 +62,8 @@ __all__ = [
     "read_yaml",
 ]
 
+# A number key: what the error calls it, and the types it converts from (`--set` values arrive as strings).
+NUMBERS = {int: ("an integer", (int, str)), float: ("a number", (int, float, str))}
 BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
 
 
@@ -148,20 +150,14 @@ def _coerce(key: str, hint: Any, value: Any) -> Any:
         if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
             return BOOLEAN_WORDS[value.lower()]  # `--set export.strip_strings=true` arrives as a string
         fail(key, "true or false", value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            fail(key, "an integer", value)
+    if hint in NUMBERS:
+        what, accepted = NUMBERS[hint]
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            fail(key, what, value)
         try:
-            return int(value)
+            return hint(value)
         except ValueError:
-            fail(key, "an integer", value)
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            fail(key, "a number", value)
-        try:
-            return float(value)
-        except ValueError:
-            fail(key, "a number", value)
+            fail(key, what, value)
     if hint is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             fail(key, "a string", value)
