@@ -147,7 +147,7 @@ def plot_tradeoffs(points: list[dict[str, Any]], path: Path) -> None:
         axis.set(xlabel=label, ylabel="test accuracy")
         axis.grid(alpha=0.3)
     used = sorted({p["precision"] for p in points}, key=list(colors).index)
-    axes[1].legend(handles=[plt.Line2D([], [], marker="o", ls="", color=colors[p], label=p) for p in used], loc="lower right")
+    axes[1].legend(handles=[plt.Line2D([], [], marker="o", ls="", color=colors[p], label=p) for p in used], loc="best")
     axes[0].set_title("accuracy vs latency")
     axes[1].set_title("accuracy vs size")
     figure.tight_layout()
