@@ -49,7 +49,7 @@ ZOO: dict[str, list[str]] = {
     "raspberry-pi": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-128"],
     "raspberry-pi-160": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-160"],
     "mcu-default": [],
-    "mcu-distilled": ["train.teacher=bench-runs/zoo/mnv2-128", "run.name=mcu-distilled-cached"],
+    "mcu-distilled": ["train.teacher=bench-runs/zoo/mnv2-160", "run.name=mcu-distilled-t160"],
     "mcu-96": [],
     "mcu-160": [],
     "mcu-stm32f446": [],

@@ -1,0 +1,57 @@
+"""ONNX Runtime's int8 accuracy on x86 CPUs without VNNI: the same file with and without `session.x64quantprecision`.
+
+On SSE4.1/AVX2/AVX-512 CPUs without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights
+with an instruction that saturates 16-bit pair sums; the session option `session.x64quantprecision=1`
+computes uint8 x uint8 instead where the weights need it. This script scores a run's int8 ONNX file
+on all test images both ways, so the two numbers differ only on a host that saturates.
+
+Usage (from the checkout):
+    python bench/onnx_saturation.py bench-runs/zoo/mnv2-160 [--stage finetune]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def accuracy(path: Path, images: np.ndarray, labels: np.ndarray, *, precise: bool) -> float:
+    """Top-1 of an ONNX file on preprocessed `images` (2 threads), with or without the precision option."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    if precise:
+        options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    scores = np.concatenate([session.run(None, {name: images[i : i + 100]})[0] for i in range(0, len(images), 100)])
+    return float((scores.argmax(axis=1) == labels).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("--stage", default="finetune")
+    args = parser.parse_args()
+
+    from edgecls.data import load_split
+    from edgecls.data.pipeline import preprocess_numpy
+    from edgecls.models.resize import input_size_of
+    from edgecls.run import RunDir
+
+    run = RunDir(args.run)
+    record = run.finetune_record()
+    size = input_size_of(run.load_model(args.stage)[0])
+    split, _ = load_split(record.data(), size, record.seed, "test")
+    images = preprocess_numpy(split.images, record.preprocessing).astype(np.float32)
+    folder = run.path / "export" / args.stage
+    for precise in (False, True):
+        top1 = accuracy(folder / "model_int8.onnx", images, split.labels, precise=precise)
+        print(f"model_int8.onnx, x64quantprecision={int(precise)}: {top1:.4f}")
+
+
+if __name__ == "__main__":
+    main()
