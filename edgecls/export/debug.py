@@ -231,6 +231,8 @@ def onnx_layer_errors(fp32_path: Path, int8_path: Path, images: np.ndarray, mode
     import onnxruntime as ort
     from onnxruntime.quantization import qdq_loss_debug
 
+    from edgecls.worker import onnx_session_options
+
     weighted, layers = layer_names(model)
     qdq = onnx.load(str(int8_path))
     initializers = {init.name: init for init in qdq.graph.initializer}
@@ -249,7 +251,7 @@ def onnx_layer_errors(fp32_path: Path, int8_path: Path, images: np.ndarray, mode
             source, target, dequantized, scale, zero_point = span
             piece = Path(folder) / "layer.onnx"
             onnx.utils.extract_model(str(int8_path), str(piece), [source], [dequantized], check_model=False)
-            session = ort.InferenceSession(str(piece), providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(piece), onnx_session_options(ort), providers=["CPUExecutionProvider"])
             shape = [1 if not isinstance(d, int) else d for d in session.get_inputs()[0].shape]
             outputs = [session.run(None, {source: a.reshape(shape)})[0].ravel() for a in floats[source]]
             reference = np.concatenate([a.ravel() for a in floats[target]])
