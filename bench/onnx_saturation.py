@@ -3,10 +3,13 @@
 On SSE4.1/AVX2/AVX-512 CPUs without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights
 with an instruction that saturates 16-bit pair sums; the session option `session.x64quantprecision=1`
 computes uint8 x uint8 instead where the weights need it. This script scores a run's int8 ONNX file
-on all test images both ways, so the two numbers differ only on a host that saturates.
+on all test images both ways, so the two numbers differ only on a host that saturates. The
+precise session reads the file with its int8 weights' initializers unshared, as edgecls now
+exports them (that mode cannot load QAT files written before, where tf2onnx shared them).
 
 Usage (from the checkout):
     python bench/onnx_saturation.py bench-runs/zoo/mnv2-160 [--stage finetune]
+    python bench/onnx_saturation.py bench-runs/zoo/mcu-distilled-t160 --stage qat
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ import numpy as np
 
 def accuracy(path: Path, images: np.ndarray, labels: np.ndarray, *, precise: bool) -> float:
     """Top-1 of an ONNX file on preprocessed `images`: in a session as edgecls opens it, or with ONNX Runtime's defaults."""
+    import onnx
     import onnxruntime as ort
 
+    from edgecls.export.onnx import unshare_weight_initializers
     from edgecls.worker import onnx_session_options
 
-    options = onnx_session_options(ort, threads=2) if precise else ort.SessionOptions()  # edgecls' sessions, or ORT's default
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    if precise:  # as edgecls exports and opens it
+        model = unshare_weight_initializers(onnx.load(str(path))).SerializeToString()
+        session = ort.InferenceSession(model, onnx_session_options(ort, threads=2), providers=["CPUExecutionProvider"])
+    else:  # ONNX Runtime's defaults
+        session = ort.InferenceSession(str(path), ort.SessionOptions(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     scores = np.concatenate([session.run(None, {name: images[i : i + 100]})[0] for i in range(0, len(images), 100)])
     return float((scores.argmax(axis=1) == labels).mean())

@@ -122,7 +122,7 @@ class TFLiteModel:
         return infer
 
 
-def onnx_session_options(ort, threads: int | None = None):
+def onnx_session_options(ort, threads: int | None = None, exact_int8: bool = True):
     """ONNX Runtime session options: `threads`, and exact int8 products on x86 CPUs without VNNI.
 
     On those CPUs (SSE4.1, AVX2, AVX-512 without VNNI) ONNX Runtime's int8 kernels add pairs of
@@ -131,26 +131,45 @@ def onnx_session_options(ort, threads: int | None = None):
     `session.x64quantprecision` computes those layers as uint8 x uint8; other CPUs ignore it.
     """
     options = ort.SessionOptions()
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    if exact_int8:
+        options.add_session_config_entry("session.x64quantprecision", "1")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     return options
 
 
+def _onnx_session(ort, path: str, threads: int | None, exact_int8: bool = True):
+    options = onnx_session_options(ort, threads, exact_int8)
+    if exact_int8:
+        options.log_severity_level = 4  # fatal only: OnnxModel retries a failed exact load, so its error is not news
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/...
+        raise WorkerError(f"ONNX Runtime cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}") from None
+
+
 class OnnxModel:
+    """An ONNX file in an ONNX Runtime CPU session, int8 products exact where the file allows.
+
+    ONNX Runtime's exact int8 mode cannot load files whose int8 weights share an
+    initializer (tf2onnx writes those; edgecls' own exports do not, see
+    `edgecls.export.onnx.unshare_weight_initializers`): those load with the default
+    kernels instead, and `runtime` says so.
+    """
+
     def __init__(self, path: str, threads: int | None):
         try:
             import onnxruntime as ort
         except ImportError:
             raise WorkerError("no ONNX runtime on this device: pip install onnxruntime") from None
-        options = onnx_session_options(ort, threads)
-        try:
-            self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/...
-            raise WorkerError(f"ONNX Runtime cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}") from None
-        self.name = self.session.get_inputs()[0].name
         self.runtime = f"onnxruntime {ort.__version__}"
+        try:
+            self.session = _onnx_session(ort, path, threads)
+        except WorkerError:
+            self.session = _onnx_session(ort, path, threads, exact_int8=False)
+            self.runtime += " (saturating x86 int8 kernels)"
+        self.name = self.session.get_inputs()[0].name
         self.version = ort.__version__
         self.input = {"shape": [1, *self.session.get_inputs()[0].shape[1:]]}
 

@@ -58,7 +58,37 @@ def from_tflite(flatbuffer: bytes, opset: int = OPSET):
                 proto, _ = tf2onnx.convert.from_tflite(str(path), opset=opset)
         except Exception as exc:
             raise ConversionError(f"tf2onnx failed on the int8 TFLite model: {str(exc).strip().splitlines()[-1][:200]}.") from None
+    unshare_weight_initializers(proto)
     onnx.checker.check_model(proto)
+    return proto
+
+
+def unshare_weight_initializers(proto):
+    """Give every int8 weight's DequantizeLinear its own weight and zero-point initializers; return `proto`.
+
+    tf2onnx merges equal constants, so all per-channel weight zero points of one width
+    become one shared tensor. ONNX Runtime's exact int8 mode for x86 CPUs without VNNI
+    (`session.x64quantprecision`, which edgecls' sessions set) rewrites each weight and
+    its zero point to uint8 under names derived from theirs, and fails to load the model
+    at the second node that shares one ("Attempt to replace the existing tensor").
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    int8 = {name for name, t in initializers.items() if t.data_type == onnx.TensorProto.INT8}
+    seen: set[str] = set()
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in int8:
+            continue
+        for index, role in ((0, "weight"), (2, "zero_point")):
+            name = node.input[index] if index < len(node.input) else ""
+            if name in seen:
+                copy = numpy_helper.from_array(numpy_helper.to_array(initializers[name]), f"{node.output[0]}_{role}")
+                proto.graph.initializer.append(copy)
+                node.input[index] = copy.name
+            elif name in int8:
+                seen.add(name)
     return proto
 
 
