@@ -131,19 +131,33 @@ def tradeoff_points(validate_rows: tuple[ValidationRow, ...], bench_rows: tuple[
     return points
 
 
+def _annotate(axis, xs: list[float], ys: list[float], labels: list[str]) -> None:
+    """Label each point inside the axes: stacked where points (nearly) coincide, to the left in the right half."""
+    if not xs:
+        return
+    x_span, y_span = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    middle = (max(xs) + min(xs)) / 2
+    placed: list[tuple[float, float]] = []
+    for x, y, label in zip(xs, ys, labels, strict=True):  # a label spans about a third of the axes' width
+        stacked = sum(1 for px, py in placed if abs(py - y) <= 0.03 * y_span and abs(px - x) <= 0.35 * x_span)
+        placed.append((x, y))
+        right = x > middle
+        axis.annotate(label, (x, y), xytext=(-6 if right else 6, 5 + 9 * stacked), textcoords="offset points",
+                      ha="right" if right else "left", fontsize=7)  # fmt: skip
+    axis.margins(x=0.1, y=0.3)  # room for the labels above the highest points
+
+
 def plot_tradeoffs(points: list[dict[str, Any]], path: Path) -> None:
     """Accuracy against latency and against size, every exported file."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     colors = {"fp32": "tab:blue", "fp16": "tab:green", "dynamic": "tab:orange", "int8": "tab:red"}
     for axis, key, label in ((axes[0], "p50_ms", "p50 latency, 1 thread (ms)"), (axes[1], "bytes", "file size (KiB)")):
-        for index, point in enumerate(points):
-            if point[key] is None:
-                continue
-            x = point[key] / 1024 if key == "bytes" else point[key]
+        shown = [p for p in points if p[key] is not None]
+        xs = [p[key] / 1024 if key == "bytes" else p[key] for p in shown]
+        for x, point in zip(xs, shown, strict=True):
             axis.scatter(x, point["accuracy"], color=colors.get(point["precision"], "black"), s=40)
-            axis.annotate(point["label"], (x, point["accuracy"]), fontsize=7, xytext=(5, 4 + 9 * (index % 3)),
-                          textcoords="offset points")  # staggered: equal accuracies would overlap  # fmt: skip
+        _annotate(axis, xs, [p["accuracy"] for p in shown], [p["label"] for p in shown])
         axis.set(xlabel=label, ylabel="test accuracy")
         axis.grid(alpha=0.3)
     used = sorted({p["precision"] for p in points}, key=list(colors).index)
