@@ -88,6 +88,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "as bn-lr2e-3-w1-e20, with mixup (alpha 0.2) on top of crop and flip",
         [*long_run(20), "--augment", "crop,flip,mixup"],
     ),
+    "bn-lr2e-3-w1-e20-cutmix": (
+        "as bn-lr2e-3-w1-e20, with CutMix (alpha 1.0) on top of crop and flip",
+        [*long_run(20), "--augment", "crop,flip,cutmix"],
+    ),
     "bn-lr2e-3-w1-e30": (
         "BatchNorm trained, lr 2e-3, 1 warm-up epoch, 30 epochs (the ceiling without a teacher)",
         long_run(30),
