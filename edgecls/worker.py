@@ -140,6 +140,7 @@ def onnx_session_options(ort, threads: int | None = None, exact_int8: bool = Tru
 
 
 def _onnx_session(ort, path: str, threads: int | None, exact_int8: bool = True):
+    """A CPU InferenceSession for `path`; WorkerError (one line) when ONNX Runtime refuses the file."""
     options = onnx_session_options(ort, threads, exact_int8)
     if exact_int8:
         options.log_severity_level = 4  # fatal only: OnnxModel retries a failed exact load, so its error is not news
