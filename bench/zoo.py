@@ -212,10 +212,11 @@ def _plot_pareto(rows: list[dict], *, with_latency: bool) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
     macs, accuracy = [r["macs"] / 1e6 for r in rows], [100 * r["int8_tflite"] for r in rows]
     ax.plot(macs, accuracy, "o-", color="tab:blue")
-    for r, x, y in zip(rows, macs, accuracy, strict=True):
+    for index, (r, x, y) in enumerate(zip(rows, macs, accuracy, strict=True)):
         label = f"{r['input_size']} px\n{r['arena'] / 1024:.0f} KiB arena" + (f", {r['latency_ms']:.2f} ms" if with_latency else "")
-        ax.annotate(label, (x, y),
-                    textcoords="offset points", xytext=(0, 9), ha="center", fontsize=7)  # fmt: skip
+        above = index % 2 == 0  # neighbours alternate above and below the line: close sizes do not overlap
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(0, 9 if above else -9), ha="center",
+                    va="bottom" if above else "top", fontsize=7)  # fmt: skip
     ax.margins(x=0.2, y=0.35)
     ax.set_xlabel("MACs (millions)")
     ax.set_ylabel("int8 TFLite test accuracy (%)")
@@ -229,10 +230,11 @@ def _plot_pareto(rows: list[dict], *, with_latency: bool) -> None:
 
 PARETO_TEXT = """## Choosing an input size (MobileNet v1 0.25, the mcu-default recipe)
 
-The same model, recipe and QAT at three input sizes, from the table above: what each size costs on the device and in
-accuracy. The int8 file is the same size at every input size (the weights do not depend on it); the arena, the MACs
-and the latency grow with the pixels. Pick the largest size whose arena and latency fit your board
-(`edgecls optimize RUN --fit PROFILE` searches sizes and channel shares for a profile).
+The same model and recipe at each input size below (QAT for 2 epochs under 142 px, 3 from 142 px up), from the table
+above: what each size costs on the device and in accuracy. The int8 file is the same size at every input size (the
+weights do not depend on it); the arena, the MACs and the latency grow with the pixels. Pick the largest size whose
+arena and latency fit your board (`edgecls optimize RUN --fit PROFILE` searches sizes and channel shares for a
+profile).
 
 {table}
 {latency}
