@@ -231,10 +231,10 @@ def _plot_pareto(rows: list[dict], *, with_latency: bool) -> None:
 PARETO_TEXT = """## Choosing an input size (MobileNet v1 0.25, the mcu-default recipe)
 
 The same model and recipe at each input size below (QAT for 2 epochs under 142 px, 3 from 142 px up), from the table
-above: what each size costs on the device and in accuracy. The int8 file is the same size at every input size (the
-weights do not depend on it); the arena, the MACs and the latency grow with the pixels. Pick the largest size whose
-arena and latency fit your board (`edgecls optimize RUN --fit PROFILE` searches sizes and channel shares for a
-profile).
+above: what each size costs on the device and in accuracy. The int8 file barely changes with the input size (the
+weights do not depend on it; at 142 px three PAD operators add 568 B); the arena, the MACs and the latency grow with
+the pixels. Pick the largest size whose arena and latency fit your board (`edgecls optimize RUN --fit PROFILE`
+searches sizes and channel shares for a profile).
 
 {table}
 {latency}
