@@ -16,7 +16,7 @@ import numpy as np
 from edgecls.preprocessing import normalize_numpy as preprocess_numpy
 from edgecls.preprocessing import normalize_tf as preprocess
 
-__all__ = ["eval_dataset", "mix_batch", "preprocess", "preprocess_numpy", "train_dataset", "training_dataset"]
+__all__ = ["endless", "eval_dataset", "mix_batch", "preprocess", "preprocess_numpy", "train_dataset", "training_dataset"]
 
 
 def _random_crop_and_flip(images, pad: int, crop: bool, flip: bool, seed):
@@ -298,3 +298,16 @@ def training_dataset(
         .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .prefetch(tf.data.AUTOTUNE)
     )
+
+
+def endless(dataset, images: int, batch_size: int):
+    """`(dataset.repeat(), steps_per_epoch)`: a training pipeline for Keras' `fit` that it iterates once, not once an epoch.
+
+    From a finite dataset, `fit` makes a new iterator every epoch, and making one instantiates
+    and graph-optimizes the pipeline's map function again, against the whole function library
+    of the model being trained: between epochs that stalled for 10 to 57 s, one epoch in two
+    (docs/benchmarks.md, "Stalls between epochs"). An endless dataset with `steps_per_epoch`
+    keeps each epoch's batches, their order and their augmentation exactly as they were
+    (`reshuffle_each_iteration` draws the next order at every pass), the last batch partial.
+    """
+    return dataset.repeat(), -(-images // batch_size)

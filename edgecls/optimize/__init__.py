@@ -81,7 +81,7 @@ def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), 
     Returns:
         The seconds training took (a stage's `train_seconds`, as fine-tuning records its own).
     """
-    from edgecls.data.pipeline import training_dataset
+    from edgecls.data.pipeline import endless, training_dataset
     from edgecls.models import get_spec
     from edgecls.train import compile_model, make_optimizer
 
@@ -106,8 +106,9 @@ def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), 
         augment=tuple(name for name in cfg.data.augment if name not in MIXING),  # a few epochs on real images
         seed=cfg.run.seed,
     )
+    dataset, steps_per_epoch = endless(dataset, len(data.train), batch)
     start = time.perf_counter()
-    model.fit(dataset, epochs=epochs, callbacks=list(callbacks), verbose=2)
+    model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=list(callbacks), verbose=2)
     return round(time.perf_counter() - start, 1)
 
 

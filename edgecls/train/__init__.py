@@ -231,7 +231,7 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
         The trained model (a plain copy when distributed) and the plan it followed
         (`epochs_planned`, `warmup_epochs`, `steps_planned`, `selection`).
     """
-    from edgecls.data.pipeline import eval_dataset, training_dataset
+    from edgecls.data.pipeline import endless, eval_dataset, training_dataset
 
     batch = cfg.data.batch_size  # global: per replica x replicas
     cached, cache_seconds = {}, None
@@ -260,7 +260,7 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
             mode=preprocessing,
             soft_targets=cached.get("val"),
         )
-    steps_per_epoch = -(-len(dataset.train) // batch)
+    train_ds, steps_per_epoch = endless(train_ds, len(dataset.train), batch)
     multi_worker = placement.kind == "multi-worker"
     cfg = replace(cfg, train=resolve_epochs(cfg.train, steps_per_epoch))
     selection = resolve_selection(cfg.train, len(dataset.val))
@@ -271,11 +271,11 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
         plan["teacher_outputs_seconds"] = round(cache_seconds, 1)
     if multi_worker:  # the same number of steps on every worker: whole global batches of an endless stream
         steps_per_epoch = max(1, len(dataset.train) // batch)
-        train_ds = shard_for_workers(train_ds.repeat(), by_data=True)
+        train_ds = shard_for_workers(train_ds, by_data=True)
         val_ds = None if val_ds is None else shard_for_workers(val_ds, by_data=False)  # each worker: all of it
     keep_best = KeepBest() if multi_worker else None
-    fit_phases(model, cfg, run, train_ds, val_ds, steps_per_epoch, callbacks, repeated=multi_worker, keep_best=keep_best,
-               teacher=teacher, select_best=select_best)  # fmt: skip
+    fit_phases(model, cfg, run, train_ds, val_ds, steps_per_epoch, callbacks, keep_best=keep_best, teacher=teacher,
+               select_best=select_best)  # fmt: skip
     if keep_best is None:
         finish_training(model, run, select_best)
     elif keep_best.weights is not None:

@@ -112,7 +112,6 @@ def fit_phases(
     steps_per_epoch: int,
     extra=None,
     *,
-    repeated=False,
     keep_best=None,
     teacher=None,
     select_best: bool = True,
@@ -120,9 +119,9 @@ def fit_phases(
     """Train every phase not yet done in `run`, resuming a half-done one.
 
     A finished phase leaves `checkpoints/<phase>.weights.h5`; a later call
-    loads it instead of training the phase again. A `repeated` (endless) training
-    dataset runs exactly `steps_per_epoch` steps an epoch: every worker of a cluster
-    must take the same number of steps. With a `teacher`, each phase trains an
+    loads it instead of training the phase again. `train_ds` is endless
+    (`edgecls.data.pipeline.endless`); every epoch runs exactly `steps_per_epoch` steps,
+    the same number on every worker of a cluster. With a `teacher`, each phase trains an
     `edgecls.distill.Distiller` around `model` (checkpoints hold the student alone).
     """
     phases = plan_phases(cfg.train)
@@ -148,7 +147,7 @@ def fit_phases(
             trained.compile(optimizer=make_optimizer(cfg.train, schedule, average=last))
         trained.fit(
             train_ds,
-            steps_per_epoch=steps_per_epoch if repeated else None,
+            steps_per_epoch=steps_per_epoch,
             validation_data=val_ds,
             initial_epoch=phase.start,
             epochs=phase.end,

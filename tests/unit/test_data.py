@@ -12,7 +12,7 @@ import pytest
 from conftest import make_image_folder, write_image
 from edgecls.config import DataConfig
 from edgecls.data import limit_per_class, load_dataset, stratified_split
-from edgecls.data.pipeline import augment_batch, eval_dataset, mix_batch, preprocess, train_dataset
+from edgecls.data.pipeline import augment_batch, endless, eval_dataset, mix_batch, preprocess, train_dataset
 from edgecls.data.sources import list_source
 from edgecls.errors import DataError
 
@@ -237,6 +237,27 @@ def test_pipelines_batch_preprocess_and_one_hot():
     seen = {tuple(x.reshape(-1)[:6]) for batch, _ in train.as_numpy_iterator() for x in batch}
     assert len(seen) == 10  # every image once per epoch
     assert epoch1.tolist() != epoch2.tolist()  # reshuffled each epoch (fixed seed: not by chance)
+
+
+def test_endless_pipeline_gives_the_epochs_a_new_iterator_would():
+    """`fit` iterates the endless pipeline once; its epochs must be the ones it got from a new iterator each epoch."""
+    images = (np.arange(10)[:, None, None, None] * np.ones((1, 8, 8, 3)) * 20).astype(np.uint8)  # pixel = 20 x index
+    labels = np.arange(10) % 3
+
+    def pipeline():
+        return train_dataset(images, labels, num_classes=3, batch_size=4, mode="tf", augment=("flip",), seed=3)
+
+    epochs = [[x for x, _ in pipeline_once.as_numpy_iterator()] for pipeline_once in [pipeline()] * 3]
+    repeated, steps = endless(pipeline(), len(images), 4)
+    assert steps == 3  # 4 + 4 + 2 images: the last batch partial, as in an epoch of the finite pipeline
+    flat = [x for x, _ in repeated.take(3 * steps).as_numpy_iterator()]
+    for epoch, got in zip(epochs, (flat[i * steps : (i + 1) * steps] for i in range(3)), strict=True):
+        assert [len(b) for b in got] == [4, 4, 2]
+        for expected, batch in zip(epoch, got, strict=True):
+            np.testing.assert_array_equal(batch, expected)  # same images, order and flips
+        indices = sorted(round((image[0, 0, 0] + 1.0) * 127.5 / 20) for batch in got for image in batch)
+        assert indices == list(range(10))  # each image once per epoch
+    assert not np.array_equal(flat[0], flat[steps])  # and a new order every epoch
 
 
 def test_real_cifar_archive_layout(shared_cifar):
