@@ -87,17 +87,6 @@ def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), 
 
     replicas = tf.distribute.get_strategy().num_replicas_in_sync  # under `optimize.distribute`'s scope
     batch, lr = cfg.data.batch_size * replicas, lr * replicas  # per-replica batch; the linear scaling rule
-    steps = epochs * -(-len(data.train) // batch)
-    schedule = tf_keras.optimizers.schedules.CosineDecay(lr, steps)
-    if teacher is not None:
-        from edgecls.distill import Distiller
-
-        opt = cfg.optimize
-        model = Distiller(model, teacher, alpha=opt.distill_alpha, temperature=opt.temperature,
-                          label_smoothing=cfg.train.label_smoothing)  # fmt: skip
-        model.compile(optimizer=make_optimizer(cfg.train, schedule))
-    else:
-        compile_model(model, cfg.train, schedule)
     dataset = training_dataset(
         data.train,
         num_classes=data.num_classes,
@@ -107,6 +96,16 @@ def _fit(model, cfg: EdgeConfig, data, *, epochs: int, lr: float, callbacks=(), 
         seed=cfg.run.seed,
     )
     dataset, steps_per_epoch = endless(dataset, len(data.train), batch)
+    schedule = tf_keras.optimizers.schedules.CosineDecay(lr, epochs * steps_per_epoch)
+    if teacher is not None:
+        from edgecls.distill import Distiller
+
+        opt = cfg.optimize
+        model = Distiller(model, teacher, alpha=opt.distill_alpha, temperature=opt.temperature,
+                          label_smoothing=cfg.train.label_smoothing)  # fmt: skip
+        model.compile(optimizer=make_optimizer(cfg.train, schedule))
+    else:
+        compile_model(model, cfg.train, schedule)
     start = time.perf_counter()
     model.fit(dataset, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=list(callbacks), verbose=2)
     return round(time.perf_counter() - start, 1)
