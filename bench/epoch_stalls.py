@@ -17,12 +17,10 @@ from pathlib import Path
 def summary_times(run: Path) -> list[float]:
     """Wall times of the run's `epoch_accuracy` training summaries, in order."""
     import tensorflow as tf
-    from tensorflow.core.util import event_pb2
 
     times = []
     for path in sorted((run / "logs" / "train").glob("events*")):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = event_pb2.Event.FromString(record.numpy())
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
             times += [event.wall_time for value in event.summary.value if value.tag == "epoch_accuracy"]
     return times
 
