@@ -14,6 +14,10 @@ For each, the raw-pixel baselines are computed here, independently of edgecls, w
 scikit-learn on the native pixels (softmax regression and 1-nearest-neighbour), and the
 fine-tune variants run through the CLI one after the other (`edgecls finetune --data DIR`).
 
+Each finished variant's figures are kept, with its command, date, commit and machine, in
+`bench/results/small-data.json` (run folders are not committed), so the docs section keeps the rows
+measured in other sittings.
+
 Usage:
     python bench/small_data.py [--only VARIANT ...]   # run what is missing (needs scikit-learn)
     python bench/small_data.py --write                # docs/benchmarks.md section
@@ -30,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import CIFAR_JPEG, ROOT, git_sha, machine, run_edgecls, today, write_section
+from common import CIFAR_JPEG, ROOT, cpu_model, git_sha, machine, record_rows, run_edgecls, today, write_section
 
 RUNS = ROOT / "bench-runs" / "small-data"
 DATA = RUNS / "data"
@@ -44,6 +48,17 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "digits5-10ep": ("digits-5", "the old default", ["--epochs", "10", "--set", "train.selection=best"]),
     "cifarmixed-default": ("cifar-mixed", "the default job", []),
     "cifarmixed-10ep": ("cifar-mixed", "the old default", ["--epochs", "10", "--set", "train.selection=best"]),
+    # the step budget (`train.min_steps`, 1,500 by default) at half and twice the default
+    "digits5-750": ("digits-5", "the default job, half the step budget", ["--set", "train.min_steps=750"]),
+    "digits5-3000": ("digits-5", "the default job, twice the step budget", ["--set", "train.min_steps=3000"]),
+    "cifarmixed-750": ("cifar-mixed", "the default job, half the step budget", ["--set", "train.min_steps=750"]),
+    "cifarmixed-3000": ("cifar-mixed", "the default job, twice the step budget", ["--set", "train.min_steps=3000"]),
+    "digits-750": ("digits", "the default job, half the step budget", ["--set", "train.min_steps=750"]),
+    "digits-3000": ("digits", "the default job, twice the step budget", ["--set", "train.min_steps=3000"]),
+    # the same three budgets on cifar-mixed with another seed (another validation split, head and batch order)
+    "cifarmixed-750-s1": ("cifar-mixed", "half the step budget, seed 1", ["--set", "train.min_steps=750", "--seed", "1"]),
+    "cifarmixed-default-s1": ("cifar-mixed", "the default job, seed 1", ["--seed", "1"]),
+    "cifarmixed-3000-s1": ("cifar-mixed", "twice the step budget, seed 1", ["--set", "train.min_steps=3000", "--seed", "1"]),
 }  # fmt: skip
 
 
@@ -139,6 +154,7 @@ def pixel_baselines(folder: Path) -> dict[str, float]:
 
 
 def run_variant(name: str) -> None:
+    """Fine-tune variant `name` through the CLI, unless its result file exists, and write that file."""
     data_name, _, flags = VARIANTS[name]
     folder = ensure_data(data_name)
     result_file = RUNS / f"{name}.json"
@@ -161,33 +177,43 @@ def run_variant(name: str) -> None:
         "baselines": pixel_baselines(folder),
         "commit": git_sha(),
         "date": today(),
+        "machine": machine(),
     }
     result_file.write_text(json.dumps(result, indent=1) + "\n")
 
 
+def finished_rows() -> dict[str, dict]:
+    """Every variant measured here or in an earlier sitting (`bench/results/small-data.json`), in `VARIANTS` order."""
+    here = {name: json.loads((RUNS / f"{name}.json").read_text()) for name in VARIANTS if (RUNS / f"{name}.json").exists()}
+    recorded = record_rows("small-data", here)
+    return {name: recorded[name] for name in VARIANTS if name in recorded}
+
+
 HEADER = (
     "| variant | data | what | epochs (steps, selection) | test acc | linear (raw px) | 1-NN (raw px) | edgecls baseline"
-    " | beats linear | wall time | command |\n|---|---|---|---|---:|---:|---:|---:|---|---:|---|"
+    " | beats linear | wall time | measured | command |\n|---|---|---|---|---:|---:|---:|---:|---|---:|---|---|"
 )
 
 
-def write_doc() -> None:
-    rows = []
-    for name, (data_name, what, _) in VARIANTS.items():
-        path = RUNS / f"{name}.json"
-        if not path.exists():
-            continue
-        r = json.loads(path.read_text())
+def write_doc(rows: dict[str, dict]) -> None:
+    """The small-data section of docs/benchmarks.md."""
+    write_section("small-data", small_data_section(rows))
+
+
+def small_data_section(rows: dict[str, dict]) -> str:
+    """The small-data section's text: one row per finished variant, in the order of `VARIANTS`."""
+    lines = []
+    for name, r in rows.items():
+        data_name, what, _ = VARIANTS[name]
         b = r["baselines"]
         beats = "yes" if r["test_accuracy"] > b["linear"] else "**no**"
-        rows.append(f"| {name} | {data_name} ({b['train_images']} train / {b['test_images']} test) | {what} | {r['epochs']}"
-                    f" ({r['steps']} steps, {r['selection']}) | {r['test_accuracy']:.4f} | {b['linear']:.4f} | {b['1nn']:.4f}"
-                    f" | {r['edgecls_baseline']:.4f} | {beats} | {r['wall_seconds'] / 60:.1f} min"
-                    f" | `{r['command']}` |")  # fmt: skip
-    commits = sorted({json.loads((RUNS / f"{n}.json").read_text())["commit"] for n in VARIANTS if (RUNS / f"{n}.json").exists()})
-    body = f"""## Small data: the default job against raw-pixel baselines (issue 10)
+        lines.append(f"| {name} | {data_name} ({b['train_images']} train / {b['test_images']} test) | {what} | {r['epochs']}"
+                     f" ({r['steps']} steps, {r['selection']}) | {r['test_accuracy']:.4f} | {b['linear']:.4f} | {b['1nn']:.4f}"
+                     f" | {r['edgecls_baseline']:.4f} | {beats} | {r['wall_seconds'] / 60:.1f} min"
+                     f" | {r['date']}, {r['commit']}, {cpu_model(r['machine'])} | `{r['command']}` |")  # fmt: skip
+    return f"""## Small data: the default job against raw-pixel baselines (issue 10)
 
-- Date: {today()}; edgecls {", ".join(commits)}; machine: {machine()}.
+- Machines: 2 cores, 24 GiB RAM, no GPU, Python 3.11.7; each row names its date, edgecls commit and CPU.
 - Data: written by `bench/small_data.py` (see its docstring): `digits` = scikit-learn's bundled UCI digits (8x8 grayscale),
   `digits-5` = its classes 0-4 (issue 10's case), `cifar-mixed` = 600 train / 400 test CIFAR-10 images of ../shared cropped
   to non-square shapes, a third grayscale. Model: the default (MobileNet v1 0.25 @128 px, ImageNet weights, `full`).
@@ -197,8 +223,7 @@ def write_doc() -> None:
 - Reproduce: `python bench/small_data.py` (needs `pip install scikit-learn`), then `python bench/small_data.py --write`.
 
 {HEADER}
-""" + "\n".join(rows)  # fmt: skip
-    write_section("small-data", body)
+""" + "\n".join(lines)  # fmt: skip
 
 
 def main() -> None:
@@ -206,11 +231,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=list(VARIANTS))
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
+    if not args.write:
+        for name in args.only or list(VARIANTS):
+            run_variant(name)
+    rows = finished_rows()
     if args.write:
-        write_doc()
-        return
-    for name in args.only or list(VARIANTS):
-        run_variant(name)
+        write_doc(rows)
 
 
 if __name__ == "__main__":

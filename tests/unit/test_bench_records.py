@@ -1,8 +1,8 @@
 """The studies that grow over several sittings keep their rows in bench/results/, and the docs say what those rows say.
 
-Run folders (bench-runs/) are not committed. The recipe study and the model zoo rebuild their docs sections from
-the run folders of this checkout *and* the committed rows of earlier sittings (`bench/common.record_rows`), so a
-rebuild in a fresh checkout must neither drop a row nor change a published number.
+Run folders (bench-runs/) are not committed. The recipe study, the small-data study and the model zoo rebuild their
+docs sections from the run folders of this checkout *and* the committed rows of earlier sittings
+(`bench/common.record_rows`), so a rebuild in a fresh checkout must neither drop a row nor change a published number.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import common  # noqa: E402
 import recipe  # noqa: E402
+import small_data  # noqa: E402
 import zoo  # noqa: E402
 
 
@@ -41,6 +42,13 @@ def test_recipe_study_doc_is_what_the_recorded_rows_render():
     assert set(rows) <= set(recipe.VARIANTS)
     ordered = {name: rows[name] for name in recipe.VARIANTS if name in rows}
     assert recipe.recipe_section(ordered).rstrip() == _section(ROOT / "docs" / "benchmarks.md", "recipe")
+
+
+def test_small_data_doc_is_what_the_recorded_rows_render():
+    rows = json.loads((ROOT / "bench" / "results" / "small-data.json").read_text())
+    assert set(rows) <= set(small_data.VARIANTS)
+    ordered = {name: rows[name] for name in small_data.VARIANTS if name in rows}
+    assert small_data.small_data_section(ordered).rstrip() == _section(ROOT / "docs" / "benchmarks.md", "small-data")
 
 
 @pytest.fixture
