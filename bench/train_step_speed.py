@@ -58,9 +58,10 @@ def main() -> None:
     images, labels = rng.random((64 * 4, 128, 128, 3), np.float32), rng.integers(0, 10, 64 * 4)
     batches = tf.data.Dataset.from_tensor_slices((images, labels)).batch(64).repeat().prefetch(2)  # no copy in the timing
     model.fit(batches, steps_per_epoch=2, epochs=1, verbose=0)
-    timer = step_timer()
+    batch_ends: list[float] = []
+    timer = tf_keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: batch_ends.append(time.perf_counter()))
     model.fit(batches, steps_per_epoch=args.steps + 1, epochs=1, verbose=0, callbacks=[timer])
-    steps = np.diff(timer.batch_ends) * 1000  # the first batch of a call (its setup) is left out
+    steps = np.diff(batch_ends) * 1000  # the first batch of a call (its setup) is left out
     print(
         f"{args.policy}{' + XLA' if args.jit else ''}, oneDNN {args.onednn}, BatchNorm {args.batchnorm}: "
         f"{np.median(steps):.0f} ms/step median, {steps.mean():.0f} mean, "
@@ -103,21 +104,6 @@ def op_type_times(xplane_file: Path) -> collections.Counter:
             if ":" in name and not name.startswith("ExecutorState"):
                 times[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9
     return times
-
-
-def step_timer():
-    """A Keras callback that records when each training batch ends (`batch_ends`, perf_counter seconds)."""
-    import tf_keras
-
-    class _StepTimer(tf_keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.batch_ends: list[float] = []
-
-        def on_train_batch_end(self, batch, logs=None) -> None:
-            self.batch_ends.append(time.perf_counter())
-
-    return _StepTimer()
 
 
 if __name__ == "__main__":

@@ -37,18 +37,15 @@ def test_model_zoo_doc_is_what_the_recorded_rows_render():
     assert zoo.zoo_section(measured).rstrip() == _section(ROOT / "docs" / "model_zoo.md", "zoo")
 
 
-def test_recipe_study_doc_is_what_the_recorded_rows_render():
-    rows = json.loads((ROOT / "bench" / "results" / "recipe.json").read_text())
-    assert set(rows) <= set(recipe.VARIANTS)
-    ordered = {name: rows[name] for name in recipe.VARIANTS if name in rows}
-    assert recipe.recipe_section(ordered).rstrip() == _section(ROOT / "docs" / "benchmarks.md", "recipe")
-
-
-def test_small_data_doc_is_what_the_recorded_rows_render():
-    rows = json.loads((ROOT / "bench" / "results" / "small-data.json").read_text())
-    assert set(rows) <= set(small_data.VARIANTS)
-    ordered = {name: rows[name] for name in small_data.VARIANTS if name in rows}
-    assert small_data.small_data_section(ordered).rstrip() == _section(ROOT / "docs" / "benchmarks.md", "small-data")
+@pytest.mark.parametrize(
+    ("study", "module", "render"),
+    [("recipe", recipe, recipe.recipe_section), ("small-data", small_data, small_data.small_data_section)],
+)
+def test_study_doc_is_what_the_recorded_rows_render(study, module, render):
+    rows = json.loads((ROOT / "bench" / "results" / f"{study}.json").read_text())
+    assert set(rows) <= set(module.VARIANTS)
+    ordered = {name: rows[name] for name in module.VARIANTS if name in rows}
+    assert render(ordered).rstrip() == _section(ROOT / "docs" / "benchmarks.md", study)
 
 
 @pytest.fixture
