@@ -20,17 +20,24 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def machine() -> str:
-    """One line: CPU model, cores, memory, Python."""
-    cpu = "unknown CPU"
+    """One line: CPU model and its widest vector instructions, cores, memory, Python.
+
+    The vector width is named because hosts of one model name differ in it ("AMD EPYC" has been both an AVX2-only
+    and an AVX-512 host here), and TensorFlow's speed depends on it (docs/benchmarks.md, "oneDNN").
+    """
+    cpu, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown CPU":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
+    vector = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
     mem = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU, Python {platform.python_version()}"
+    cpu_line = f"{cpu} ({vector})" if vector else cpu
+    return f"{cpu_line}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, no GPU, Python {platform.python_version()}"
 
 
 def cpu_model(machine_line: str) -> str:
