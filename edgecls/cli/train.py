@@ -33,11 +33,11 @@ def finetune(
     weights: Annotated[str | None, typer.Option(help="imagenet | none | PATH to a .h5 file.")] = None,
     strategy: Annotated[str | None, typer.Option(help="frozen | partial | full.")] = None,
     unfreeze: Annotated[int | None, typer.Option(help="Top blocks to unfreeze with partial.")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Total epochs, warm-up included (default: 10, more on small data).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Total epochs, warm-up included (default: by data size).")] = None,
     warmup_epochs: Annotated[int | None, typer.Option(help="Head-only epochs first.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default: by data size).")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adamw | sgd.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate after unfreezing.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate after unfreezing (default: by data size).")] = None,
     head_lr: Annotated[float | None, typer.Option(help="Learning rate of the head phase.")] = None,
     schedule: Annotated[str | None, typer.Option(help="cosine | step | constant.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Decoupled weight decay.")] = None,
@@ -68,7 +68,12 @@ def finetune(
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Fine-tune an ImageNet-pretrained backbone into runs/<name>/."""
+    """Fine-tune an ImageNet-pretrained backbone into runs/<name>/.
+
+    Unset, --batch-size, --lr and --epochs follow the training split's size:
+    from 16,000 images: 128, 3e-3 and 12 epochs;
+    below: 64, 2e-3 and 10 epochs, or more for at least 1,500 steps.
+    """
     from edgecls.config import load_config
 
     flags = {

@@ -18,10 +18,14 @@ import yaml
 
 from edgecls.config.common import (
     AUGMENTATIONS,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
+    DEFAULT_LR,
     EXPORT_STAGES,
     MIXING,
     PIPELINE_STAGES,
+    Recipe,
+    default_recipe,
     fail,
 )
 from edgecls.config.deployment import (
@@ -39,7 +43,9 @@ from edgecls.models.specs import get_spec
 
 __all__ = [
     "AUGMENTATIONS",
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_EPOCHS",
+    "DEFAULT_LR",
     "EXPORT_STAGES",
     "MIXING",
     "PIPELINE_STAGES",
@@ -51,6 +57,7 @@ __all__ = [
     "ModelConfig",
     "OptimizeConfig",
     "PipelineConfig",
+    "Recipe",
     "ReportConfig",
     "RunConfig",
     "TrainConfig",
@@ -58,6 +65,7 @@ __all__ = [
     "apply_overrides",
     "build_section",
     "config_from_dict",
+    "default_recipe",
     "load_config",
     "read_yaml",
 ]

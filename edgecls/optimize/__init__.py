@@ -319,14 +319,15 @@ def run_optimize(
 def _optimize(run_path: str | Path, opt: OptimizeConfig, *, force: bool, callbacks, trust: bool) -> list[dict]:
     import dataclasses
 
-    from edgecls.config import load_config
+    from edgecls.config import DEFAULT_BATCH_SIZE, load_config
     from edgecls.data import load_dataset
 
     run = RunDir(run_path)
     run.finetune_record()  # a run whose finetune entry is not edgecls' is refused before any work
     model, entry = run.load_model("finetune", trust=trust)
     cfg = load_config(run.file("config.yaml"))
-    cfg = dataclasses.replace(cfg, optimize=opt)
+    data_cfg = dataclasses.replace(cfg.data, batch_size=cfg.data.batch_size or DEFAULT_BATCH_SIZE)  # as measured
+    cfg = dataclasses.replace(cfg, data=data_cfg, optimize=opt)
     for stage in planned_stages(opt):
         if run.stage(stage) is not None and not force:
             _stage_dir(run, stage, force)  # raises the clear error before any work

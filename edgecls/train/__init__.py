@@ -50,6 +50,7 @@ from edgecls.train.plan import (
     resolve_epochs,
     resolve_selection,
     set_trainable,
+    with_default_recipe,
 )
 from edgecls.train.teacher import cache_teacher_outputs, distiller, load_teacher
 
@@ -81,6 +82,7 @@ __all__ = [
     "resolve_selection",
     "run_finetune",
     "set_trainable",
+    "with_default_recipe",
 ]
 
 MODEL_FILE = "model.keras"
@@ -197,13 +199,14 @@ def run_finetune(cfg: EdgeConfig, *, force: bool = False, resume: bool = False, 
             if cfg.train.distill_targets == "cached" and not hasattr(dataset.train, "images"):
                 raise ConfigError("train.distill_targets=cached needs the training images in memory; this data set is"
                                   " streamed (data.mode): use `online`, or `--set data.mode=memory`.")  # fmt: skip
+    resolved = with_default_recipe(cfg, len(dataset.train))  # config.yaml keeps what was asked; a resume resolves again
     if not resume:
         run.create(force=force)
-        atomic_write_text(run.file("config.yaml"), cfg.to_yaml() + _placement_note(cfg, placement))
+        atomic_write_text(run.file("config.yaml"), cfg.to_yaml() + _placement_note(resolved, placement))
     try:
-        scaled = scale_for_replicas(cfg, placement.replicas)
+        scaled = scale_for_replicas(resolved, placement.replicas)
         model, plan = _train(model, scaled, run, dataset, preprocessing, placement, callbacks, teacher)
-        return _finish_run(model, cfg, run, dataset, preprocessing, weights_info, placement, teacher_info, plan)
+        return _finish_run(model, resolved, run, dataset, preprocessing, weights_info, placement, teacher_info, plan)
     except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.AbortedError) as exc:
         if placement.kind != "multi-worker":
             raise
@@ -266,7 +269,8 @@ def _train(model, cfg: EdgeConfig, run: RunDir, dataset, preprocessing: str, pla
     selection = resolve_selection(cfg.train, len(dataset.val))
     select_best = selection == "best"
     plan = {"epochs_planned": cfg.train.epochs, "warmup_epochs": cfg.train.warmup_epochs,
-            "steps_planned": cfg.train.epochs * steps_per_epoch, "selection": selection}  # fmt: skip
+            "steps_planned": cfg.train.epochs * steps_per_epoch, "selection": selection, "batch_size": batch,
+            "lr": cfg.train.lr}  # fmt: skip
     if cache_seconds is not None:
         plan["teacher_outputs_seconds"] = round(cache_seconds, 1)
     if multi_worker:  # the same number of steps on every worker: whole global batches of an endless stream

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import tf_keras
 
-from edgecls.config import DEFAULT_EPOCHS, TrainConfig
+from edgecls.config import DEFAULT_EPOCHS, DEFAULT_LR, EdgeConfig, TrainConfig, default_recipe
 from edgecls.errors import ConfigError
 from edgecls.models.registry import HEAD_LAYERS, backbone_blocks, stem_layers
 
@@ -38,6 +38,19 @@ class Phase:
 
 
 MIN_SELECTION_IMAGES = 500  # `selection: auto` picks the best epoch on a validation split at least this large
+
+
+def with_default_recipe(cfg: EdgeConfig, train_images: int) -> EdgeConfig:
+    """`cfg` with an unset `data.batch_size`, `train.lr` and `train.epochs` taken from the recipe for `train_images`.
+
+    A value the user set is kept; each unset one comes from `edgecls.config.default_recipe`, so a
+    large data set fine-tunes 12 epochs at batch 128 and lr 3e-3, a small one batch 64 at 2e-3 for
+    10 epochs or its step budget (`resolve_epochs`).
+    """
+    recipe = default_recipe(train_images)
+    data = replace(cfg.data, batch_size=cfg.data.batch_size or recipe.batch_size)
+    train = replace(cfg.train, lr=cfg.train.lr or recipe.lr, epochs=cfg.train.epochs or recipe.epochs)
+    return replace(cfg, data=data, train=train)
 
 
 def resolve_epochs(cfg: TrainConfig, steps_per_epoch: int | None = None) -> TrainConfig:
@@ -69,8 +82,8 @@ def resolve_selection(cfg: TrainConfig, val_images: int) -> str:
 
 
 def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    """The phases `cfg` trains, in order (unset epochs resolved without a step budget)."""
-    cfg = resolve_epochs(cfg)
+    """The phases `cfg` trains, in order (unset epochs resolved without a step budget, an unset lr as for small data)."""
+    cfg = replace(resolve_epochs(cfg), lr=cfg.lr or DEFAULT_LR)
     if cfg.strategy == "frozen":
         return [Phase("head", 0, cfg.epochs, cfg.head_lr, "frozen")]
     phases = []

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from edgecls.config import EdgeConfig, OptimizeConfig
+from edgecls.config import OptimizeConfig
 from edgecls.errors import ConfigError
 
 
 def test_replicas_scale_the_global_batch_and_the_learning_rates():
+    from edgecls.config import config_from_dict
     from edgecls.distribute import scale_for_replicas
 
-    cfg = EdgeConfig()
+    cfg = config_from_dict({"data": {"batch_size": 64}, "train": {"lr": 2e-3, "head_lr": 1e-2}})
     scaled = scale_for_replicas(cfg, 4)
-    assert scaled.data.batch_size == 4 * cfg.data.batch_size
-    assert scaled.train.lr == pytest.approx(4 * cfg.train.lr) and scaled.train.head_lr == pytest.approx(4 * cfg.train.head_lr)
+    assert (scaled.data.batch_size, scaled.train.lr, scaled.train.head_lr) == (256, pytest.approx(8e-3), pytest.approx(4e-2))
     assert scale_for_replicas(cfg, 1) is cfg
 
 

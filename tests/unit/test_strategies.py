@@ -9,7 +9,7 @@ from edgecls.config import TrainConfig
 from edgecls.errors import ConfigError
 from edgecls.models import create_model
 from edgecls.models.registry import HEAD_LAYERS, backbone_blocks
-from edgecls.train import plan_phases, resolve_epochs, resolve_selection, set_trainable
+from edgecls.train import plan_phases, resolve_epochs, resolve_selection, set_trainable, with_default_recipe
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,34 @@ def test_phase_plan():
 def test_resolve_epochs_gives_small_data_its_steps(given, steps_per_epoch, expected):
     resolved = resolve_epochs(TrainConfig(**given), steps_per_epoch)
     assert (resolved.epochs, resolved.warmup_epochs) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "train_images", "expected"),
+    [
+        ({}, 45_000, (128, 3e-3, 12)),  # CIFAR-10's training split: the large-data recipe
+        ({}, 16_000, (128, 3e-3, 12)),
+        ({}, 15_999, (64, 2e-3, None)),  # below: batch 64 and the step budget decides the epochs
+        ({}, 676, (64, 2e-3, None)),
+        ({"data": {"batch_size": 32}, "train": {"lr": 1e-3, "epochs": 5}}, 45_000, (32, 1e-3, 5)),  # given values stay
+        ({"data": {"batch_size": 128}}, 676, (128, 2e-3, None)),
+    ],
+)
+def test_unset_batch_lr_and_epochs_follow_the_training_split_size(given, train_images, expected):
+    from edgecls.config import config_from_dict
+
+    resolved = with_default_recipe(config_from_dict(given), train_images)
+    assert (resolved.data.batch_size, resolved.train.lr, resolved.train.epochs) == expected
+
+
+def test_the_large_data_recipe_already_takes_the_small_data_step_budget():
+    """From the threshold on, 12 epochs at batch 128 are at least `min_steps` steps, so no large set is under-trained."""
+    from edgecls.config import config_from_dict
+
+    for images in (16_000, 16_001, 45_000):
+        resolved = with_default_recipe(config_from_dict({}), images)
+        steps_per_epoch = -(-images // resolved.data.batch_size)
+        assert resolve_epochs(resolved.train, steps_per_epoch).epochs * steps_per_epoch >= TrainConfig().min_steps
 
 
 @pytest.mark.parametrize(
