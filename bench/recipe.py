@@ -30,6 +30,17 @@ from pathlib import Path
 from common import CIFAR_JPEG, ROOT, SHARED, cpu_model, git_sha, machine, record_rows, today, write_section
 
 
+def pinned(flags: list[str]) -> list[str]:
+    """`flags` with batch 64 and 10 epochs unless they set them: the defaults of the study's rows until 2026-12-07.
+
+    Since then an unset batch size, lr and epochs follow the training split's size (128, 3e-3 and 12 on CIFAR-10),
+    so a re-run of a row pins what its recipe meant when it was measured.
+    """
+    batch = [] if "--batch-size" in flags else ["--batch-size", "64"]
+    epochs = [] if "--epochs" in flags else ["--epochs", "10"]
+    return [*flags, *batch, *epochs]
+
+
 def long_run(epochs: int) -> list[str]:
     """The default recipe's flags (BatchNorm trained, lr 2e-3, 1 warm-up epoch) for `epochs` without early stopping."""
     return ["--lr", "2e-3", "--set", "train.batchnorm=train", "--warmup-epochs", "1", "--epochs", str(epochs),
@@ -159,7 +170,8 @@ def recipe_section(rows: dict[str, dict]) -> str:
         "- Machines: 2 cores, 24 GiB RAM, no GPU, Python 3.11.7; each row names its date, edgecls commit and CPU.",
         f"- Data: `{CIFAR_JPEG.relative_to(SHARED.parent)}` (45,000 train / 5,000 val, seed 42; all 10,000 test images).",
         "- Model: MobileNet v1 alpha 0.25 @128 px (13.3 M MACs), `full` strategy, ImageNet weights"
-        " `mobilenet_2_5_224_tf_no_top.h5` from ../shared in the Keras cache; 10 epochs unless the row says otherwise.",
+        " `mobilenet_2_5_224_tf_no_top.h5` from ../shared in the Keras cache; 10 epochs at batch 64 unless the row says"
+        " otherwise (the defaults until 2026-12-07; `python bench/recipe.py` pins them).",
         "- Runs one after the other through the CLI; selection by validation accuracy only. Timing caveat: the study"
         " shared the 2 cores with development (test runs), so `wall time` is an upper bound; `fastest full epoch` (the"
         " quietest whole-network epoch in the run's history) is the better guide to speed on an idle machine.",
@@ -190,9 +202,9 @@ def main() -> None:
     names = args.only or list(VARIANTS)
     if not args.write:
         for name in names:
-            print(json.dumps({name: run_variant(name, VARIANTS[name][1], args.runs_dir)["test_accuracy"]}), flush=True)
+            print(json.dumps({name: run_variant(name, pinned(VARIANTS[name][1]), args.runs_dir)["test_accuracy"]}), flush=True)
     done = [n for n in VARIANTS if (args.runs_dir / n / "wall_seconds.json").exists()]
-    recorded = record_rows("recipe", {n: run_variant(n, VARIANTS[n][1], args.runs_dir) for n in done})
+    recorded = record_rows("recipe", {n: run_variant(n, pinned(VARIANTS[n][1]), args.runs_dir) for n in done})
     write_doc({n: recorded[n] for n in VARIANTS if n in recorded})
 
 
