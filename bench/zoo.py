@@ -228,10 +228,14 @@ def _plot_pareto(rows: list[dict], *, with_latency: bool) -> None:
     plt.close(fig)
 
 
-PARETO_TEXT = """## Choosing an input size (MobileNet v1 0.25, the mcu-default recipe)
+PARETO_TEXT = """## Choosing an input size (MobileNet v1 0.25)
 
-The same model and recipe at each input size below (QAT for 2 epochs under 142 px, 3 from 142 px up), from the table
-above: what each size costs on the device and in accuracy. The int8 file barely changes with the input size (the
+The same model at each input size below (QAT for 2 epochs under 142 px, 3 from 142 px up), from the table above: what
+each size costs on the device and in accuracy. 96, 142 and 160 px train the recipe mcu-default had until 2026-12-07
+(batch 64, lr 2e-3, 10 epochs); 128 px is mcu-default, which trains the default recipe since then (batch 128, lr 3e-3,
+12 epochs at the same cost: +0.49 points of float at 128 px on its own, docs/benchmarks.md, "Fine-tuning recipe
+study"), so the other sizes' "vs 128 px" understates them by about that much until they are re-run with it. The
+int8 file barely changes with the input size (the
 weights do not depend on it; at 142 px three PAD operators add 568 B); the arena, the MACs and the latency grow with
 the pixels. Pick the largest size whose arena and latency fit your board (`edgecls optimize RUN --fit PROFILE`
 searches sizes and channel shares for a profile).

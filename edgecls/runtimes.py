@@ -178,8 +178,13 @@ def _run_worker(args: list[str], timeout: float) -> dict:
     return result
 
 
-def isolated_scores(path: str | Path, images: np.ndarray, *, mode: str, timeout: float = 1800) -> np.ndarray:
+def isolated_scores(
+    path: str | Path, images: np.ndarray, *, mode: str, timeout: float = 1800, reference_kernels: bool = False
+) -> np.ndarray:
     """Scores of a .tflite/.onnx file for uint8 images, computed in a child Python process.
+
+    `reference_kernels` runs a .tflite file on TFLite's reference kernels instead of the optimized ones
+    (XNNPACK, ruy): slower, and what TFLite Micro computes bit for bit.
 
     Raises:
         WorkerError: the runtime refused the file, or the child crashed or timed out.
@@ -187,7 +192,8 @@ def isolated_scores(path: str | Path, images: np.ndarray, *, mode: str, timeout:
     with tempfile.TemporaryDirectory() as folder:
         source, target = Path(folder) / "images.npy", Path(folder) / "scores.npy"
         np.save(source, images)
-        _run_worker(["scores", str(path), str(source), str(target), "--mode", mode], timeout)
+        kernels = ["--reference-kernels"] if reference_kernels else []
+        _run_worker(["scores", str(path), str(source), str(target), "--mode", mode, *kernels], timeout)
         return np.load(target)
 
 

@@ -62,7 +62,19 @@ def preprocess(images: np.ndarray, mode: str) -> np.ndarray:
     return normalize_numpy(images, mode)
 
 
-def _litert(path: str, threads: int | None):
+def _litert(path: str, threads: int | None, reference_kernels: bool = False):
+    """A LiteRT interpreter for `path` and the runtime's name; `reference_kernels`: TFLite's reference
+    kernels (`OpResolverType.BUILTIN_REF`, no XNNPACK), which TFLite Micro's match bit for bit."""
+    if reference_kernels:
+        try:
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        except ImportError:
+            raise WorkerError("LiteRT's reference kernels need ai-edge-litert: pip install ai-edge-litert") from None
+        try:
+            kernels = OpResolverType.BUILTIN_REF
+            return Interpreter(model_path=path, experimental_op_resolver_type=kernels), "ai-edge-litert (reference kernels)"
+        except (ValueError, RuntimeError) as exc:
+            raise WorkerError(f"LiteRT cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}") from None
     try:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -86,8 +98,8 @@ def _litert(path: str, threads: int | None):
 
 
 class TFLiteModel:
-    def __init__(self, path: str, threads: int | None):
-        self.interpreter, self.runtime = _litert(path, threads)
+    def __init__(self, path: str, threads: int | None, reference_kernels: bool = False):
+        self.interpreter, self.runtime = _litert(path, threads, reference_kernels)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.batch = None
@@ -202,7 +214,9 @@ def open_model(path: str, threads: int | None):
 
 
 def scores(args) -> dict:
-    model = open_model(args.model, args.threads)
+    if args.reference_kernels and not args.model.endswith(".tflite"):
+        raise WorkerError("--reference-kernels is for .tflite files")
+    model = TFLiteModel(args.model, args.threads, True) if args.reference_kernels else open_model(args.model, args.threads)
     images = np.load(args.images)
     out = [model.run(preprocess(images[i : i + 50], args.mode)) for i in range(0, len(images), 50)]
     np.save(args.out, np.concatenate(out))
@@ -362,6 +376,7 @@ def main(argv=None) -> int:
         if name == "scores":
             command.add_argument("images")
             command.add_argument("out")
+            command.add_argument("--reference-kernels", action="store_true", help="LiteRT's reference kernels (.tflite)")
         else:
             command.add_argument("--windows", type=int, default=5)
             command.add_argument("--window-seconds", type=float, default=2.0)

@@ -23,7 +23,32 @@ def test_gate_rules():
     assert gate.judge("int8", 0.99, -1.2) == "accuracy -1.20 pp vs Keras, allowed -1.0"
     assert Gate(int8_max_drop_pp=2.0).judge("dynamic", 0.9, -1.5) is None
     assert gate.judge_micro(1.0) is None and gate.judge_micro(0.99) is None
-    assert gate.judge_micro(0.985) == "agreement with LiteRT 0.9850 < 0.99"
+    assert gate.judge_micro(0.985) == "agreement with LiteRT's reference kernels 0.9850 < 0.99"
+
+
+def test_tflite_micro_computes_what_litert_reference_kernels_do(tiny_exported_run, tmp_path, capsys):
+    """The TFLite Micro row's yardstick: on the same int8 file and images, LiteRT's reference kernels (run by the
+    worker in a child process) give TFLite Micro's scores bit for bit; a non-.tflite file is a worker error."""
+    import numpy as np
+
+    from edgecls import worker
+    from edgecls.data import load_split
+    from edgecls.preprocessing import normalize_numpy
+    from edgecls.run import RunDir
+    from edgecls.runtimes import WorkerError, isolated_scores, tflm_scores_isolated
+
+    record = RunDir(tiny_exported_run).finetune_record()
+    test, _ = load_split(record.data(), record.input_size, record.seed, "test")
+    int8 = tiny_exported_run / "export" / "finetune" / "model_int8.tflite"
+    reference = isolated_scores(int8, test.images, mode=record.preprocessing, reference_kernels=True)
+    micro = tflm_scores_isolated(int8, normalize_numpy(test.images, record.preprocessing))
+    assert reference.shape == micro.shape == (len(test.images), len(record.class_names))
+    np.testing.assert_array_equal(reference, micro)
+    np.save(tmp_path / "images.npy", test.images[:2])  # the flag reaches LiteRT's reference op resolver
+    assert worker.main(["scores", str(int8), str(tmp_path / "images.npy"), str(tmp_path / "out.npy"), "--reference-kernels"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "ai-edge-litert (reference kernels)"
+    with pytest.raises(WorkerError, match="--reference-kernels is for .tflite files"):
+        isolated_scores(int8.with_suffix(".onnx"), test.images[:2], mode=record.preprocessing, reference_kernels=True)
 
 
 def test_parity_table(tiny_exported_run, tmp_path, capsys):
@@ -43,7 +68,7 @@ def test_parity_table(tiny_exported_run, tmp_path, capsys):
         assert rows[key]["images"] == 18
     micro = rows[("model_int8.tflite", "tflite-micro")]
     assert micro["images"] == 9 and micro["litert_agreement"] >= 0.99 and micro["status"] == "pass"  # the same file
-    assert "(agrees with LiteRT on " in (run / "validate.md").read_text()
+    assert "(agrees with LiteRT's reference kernels on " in (run / "validate.md").read_text()
     int8 = rows[("model_int8.tflite", "litert")]
     assert int8["accuracy"] == pytest.approx(int8["keras_accuracy"] + int8["delta_pp"] / 100)
     assert 0 < int8["mean_abs_error"] <= int8["max_abs_error"] <= 1
