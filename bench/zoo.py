@@ -214,7 +214,8 @@ def _plot_pareto(rows: list[dict], *, with_latency: bool) -> None:
     ax.plot(macs, accuracy, "o-", color="tab:blue")
     for index, (r, x, y) in enumerate(zip(rows, macs, accuracy, strict=True)):
         label = f"{r['input_size']} px\n{r['arena'] / 1024:.0f} KiB arena" + (f", {r['latency_ms']:.2f} ms" if with_latency else "")
-        above = index % 2 == 0  # neighbours alternate above and below the line: close sizes do not overlap
+        neighbours = accuracy[max(0, index - 1) : index] + accuracy[index + 1 : index + 2]
+        above = y >= sum(neighbours) / len(neighbours)  # a peak's label above, a dip's below: clear of the line
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(0, 9 if above else -9), ha="center",
                     va="bottom" if above else "top", fontsize=7)  # fmt: skip
     ax.margins(x=0.2, y=0.35)
@@ -234,11 +235,10 @@ The same model at each input size below (QAT for 2 epochs under 142 px, 3 from 1
 each size costs on the device and in accuracy. 96, 142 and 160 px train the recipe mcu-default had until 2026-12-07
 (batch 64, lr 2e-3, 10 epochs); 128 px is mcu-default, which trains the default recipe since then (batch 128, lr 3e-3,
 12 epochs at the same cost: +0.49 points of float at 128 px on its own, docs/benchmarks.md, "Fine-tuning recipe
-study"), so the other sizes' "vs 128 px" understates them by about that much until they are re-run with it. The
-int8 file barely changes with the input size (the
-weights do not depend on it; at 142 px three PAD operators add 568 B); the arena, the MACs and the latency grow with
-the pixels. Pick the largest size whose arena and latency fit your board (`edgecls optimize RUN --fit PROFILE`
-searches sizes and channel shares for a profile).
+study"), so the other sizes' "vs 128 px" understates them by about that much until they are re-run with it. The int8
+file barely changes with the input size (the weights do not depend on it; at 142 px three PAD operators add 568 B);
+the arena, the MACs and the latency grow with the pixels. Pick the largest size whose arena and latency fit your board
+(`edgecls optimize RUN --fit PROFILE` searches sizes and channel shares for a profile).
 
 {table}
 {latency}
