@@ -320,6 +320,6 @@ def test_qat_and_pruning_train_on_unmixed_images(monkeypatch):
     monkeypatch.setattr(pipeline, "training_dataset", fake_training_dataset)
     inputs = tf_keras.Input((8, 8, 3))
     model = tf_keras.Model(inputs, tf_keras.layers.Dense(2, activation="softmax")(tf_keras.layers.GlobalAveragePooling2D()(inputs)))
-    cfg = load_config(overrides={"data.augment": "crop,mixup,flip,cutmix", "model.weights": "none"})
+    cfg = load_config(overrides={"data.augment": "crop,mixup,flip,cutmix", "data.batch_size": 2, "model.weights": "none"})
     _fit(model, cfg, types.SimpleNamespace(train=[0, 1], num_classes=2), epochs=1, lr=1e-3)
     assert seen["augment"] == ("crop", "flip")
