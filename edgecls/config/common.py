@@ -14,6 +14,8 @@ PIPELINE_STAGES = ("finetune", "optimize", "export", "firmware", "validate", "be
 DEFAULT_EPOCHS = 10  # train.epochs when unset, before the small-data step budget
 DEFAULT_BATCH_SIZE = 64  # data.batch_size when unset, in every stage but the fine-tune of a large data set
 DEFAULT_LR = 2e-3  # train.lr when unset, below LARGE_DATA_IMAGES
+CHANNEL_RECOVERY_EPOCHS = 10  # a channel-pruned network is retrained like a fine-tune (OptimizeConfig.lr)
+CHANNEL_RECOVERY_LR = 2e-3
 
 
 @dataclass(frozen=True)
@@ -45,10 +47,6 @@ def default_recipe(train_images: int) -> Recipe:
     step budget that gives it enough optimizer steps (docs/benchmarks.md, "Small data").
     """
     return LARGE_DATA_RECIPE if train_images >= LARGE_DATA_IMAGES else SMALL_DATA_RECIPE
-
-
-CHANNEL_RECOVERY_EPOCHS = 10  # a channel-pruned network is retrained like a fine-tune (OptimizeConfig.lr)
-CHANNEL_RECOVERY_LR = 2e-3
 
 
 def fail(key: str, allowed: str, got: Any, fix: str = "") -> None:
