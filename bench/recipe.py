@@ -137,7 +137,8 @@ def run_variant(name: str, flags: list[str], runs_dir: Path) -> dict:
     """
     folder = runs_dir / name
     command = [
-        "edgecls", "finetune", "--data", str(CIFAR_JPEG), "--name", name, "--runs-dir", str(runs_dir), "--force", *flags,
+        "edgecls", "finetune", "--data", str(CIFAR_JPEG), "--name", name, "--runs-dir", str(runs_dir), "--force",
+        *pinned(flags),
     ]  # fmt: skip
     timing = folder / "wall_seconds.json"
     if not (folder / "manifest.json").exists() or not timing.exists():
@@ -202,9 +203,9 @@ def main() -> None:
     names = args.only or list(VARIANTS)
     if not args.write:
         for name in names:
-            print(json.dumps({name: run_variant(name, pinned(VARIANTS[name][1]), args.runs_dir)["test_accuracy"]}), flush=True)
+            print(json.dumps({name: run_variant(name, VARIANTS[name][1], args.runs_dir)["test_accuracy"]}), flush=True)
     done = [n for n in VARIANTS if (args.runs_dir / n / "wall_seconds.json").exists()]
-    recorded = record_rows("recipe", {n: run_variant(n, pinned(VARIANTS[n][1]), args.runs_dir) for n in done})
+    recorded = record_rows("recipe", {n: run_variant(n, VARIANTS[n][1], args.runs_dir) for n in done})
     write_doc({n: recorded[n] for n in VARIANTS if n in recorded})
 
 

@@ -62,37 +62,41 @@ def preprocess(images: np.ndarray, mode: str) -> np.ndarray:
     return normalize_numpy(images, mode)
 
 
-def _litert(path: str, threads: int | None, reference_kernels: bool = False):
-    """A LiteRT interpreter for `path` and the runtime's name; `reference_kernels`: TFLite's reference
-    kernels (`OpResolverType.BUILTIN_REF`, no XNNPACK), which TFLite Micro's match bit for bit."""
-    if reference_kernels:
-        try:
-            from ai_edge_litert.interpreter import Interpreter, OpResolverType
-        except ImportError:
-            raise WorkerError("LiteRT's reference kernels need ai-edge-litert: pip install ai-edge-litert") from None
-        try:
-            kernels = OpResolverType.BUILTIN_REF
-            return Interpreter(model_path=path, experimental_op_resolver_type=kernels), "ai-edge-litert (reference kernels)"
-        except (ValueError, RuntimeError) as exc:
-            raise WorkerError(f"LiteRT cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}") from None
+def _interpreter_class():
+    """LiteRT's `Interpreter` class and the runtime's name: ai-edge-litert, else tflite-runtime, else tensorflow.lite."""
     try:
         from ai_edge_litert.interpreter import Interpreter
 
-        name = "ai-edge-litert"
+        return Interpreter, "ai-edge-litert"
     except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter
-
-            name = "tflite-runtime"
-        except ImportError:
-            try:
-                from tensorflow.lite import Interpreter
-
-                name = "tensorflow.lite"
-            except ImportError:
-                raise WorkerError("no TFLite runtime on this device: pip install ai-edge-litert (or tflite-runtime)") from None
+        pass
     try:
-        return Interpreter(model_path=path, num_threads=threads), name
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        pass
+    try:
+        from tensorflow.lite import Interpreter
+
+        return Interpreter, "tensorflow.lite"
+    except ImportError:
+        raise WorkerError("no TFLite runtime on this device: pip install ai-edge-litert (or tflite-runtime)") from None
+
+
+def _litert(path: str, threads: int | None, reference_kernels: bool = False):
+    """A LiteRT interpreter for `path` and the runtime's name; `reference_kernels`: TFLite's reference
+    kernels (`OpResolverType.BUILTIN_REF`, no XNNPACK), which TFLite Micro's match bit for bit."""
+    interpreter, name = _interpreter_class()
+    options: dict = {"num_threads": threads}
+    if reference_kernels:
+        if name != "ai-edge-litert":
+            raise WorkerError("LiteRT's reference kernels need ai-edge-litert: pip install ai-edge-litert")
+        from ai_edge_litert.interpreter import OpResolverType
+
+        options, name = {"experimental_op_resolver_type": OpResolverType.BUILTIN_REF}, f"{name} (reference kernels)"
+    try:
+        return interpreter(model_path=path, **options), name
     except (ValueError, RuntimeError) as exc:
         raise WorkerError(f"LiteRT cannot load {os.path.basename(path)}: {str(exc).splitlines()[0]}") from None
 
