@@ -129,6 +129,12 @@ def _row(artifact: ExportedFile, runtime: str, scores: np.ndarray | None, labels
     }
 
 
+def micro_subset(labels: np.ndarray, classes: int, images: int) -> np.ndarray:
+    """Indices of the TFLite Micro rows' test images: the first `images // classes` of each class, in test order."""
+    per_class = [np.flatnonzero(labels == c)[: max(1, images // classes)] for c in range(classes)]
+    return np.sort(np.concatenate(per_class))[:images]
+
+
 def _micro_row(artifact: ExportedFile, scores, litert, labels, reference, keras_acc, gate: Gate, reason=None):
     """The TFLite Micro row: accuracy and agreement against Keras as reported, judged against `litert`, the scores of
     LiteRT's reference kernels on the same images (TFLite Micro's kernels are ports of them)."""
@@ -235,10 +241,7 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
         sizes[source] = input_size_of(model)
         references[source] = predict(KerasRunner(model), test_at(sizes[source])[1], batch_size=256)
     test = test_at(record.input_size)[0]  # the same images and labels at every size
-    classes = len(record.class_names)
-    per_class = [np.flatnonzero(test.labels == c)[: max(1, tflm_images // classes)] for c in range(classes)]
-    per_class = np.concatenate(per_class)
-    subset = np.sort(per_class)[:tflm_images]
+    subset = micro_subset(test.labels, len(record.class_names), tflm_images)
 
     rows = []
     for artifact in artifacts:
