@@ -51,7 +51,8 @@ def main() -> None:
         "## TFLite Micro's yardstick: LiteRT's reference or optimized kernels (`edgecls validate`)",
         "",
         f"- `{command}` ({today()}, edgecls {git_sha()}, {machine()}): the int8 file of `{args.stage}` on the"
-        f" {len(subset)} test images of validate's TFLite Micro rows; each runtime in a child process.",
+        f" {len(subset)} test images of validate's TFLite Micro rows (data `{record.data_config['source']}`, model"
+        f" {record.backbone} {record.alpha} @{record.input_size} px); each runtime in a child process.",
         f"- Top-1 agreement: TFLite Micro with the reference kernels **{agreement(micro, reference):.4f}**, with the"
         f" optimized kernels **{agreement(micro, optimized):.4f}**; reference with optimized"
         f" {agreement(reference, optimized):.4f}.",

@@ -72,7 +72,7 @@ class Gate:
         points from sampling alone: there the question is whether the microcontroller's kernels
         compute what TFLite's reference kernels do. Not LiteRT's optimized kernels: they round
         differently and flip near-ties (3 of 200 images of mcu-default on 2026-12-07, whose
-        reference-kernel scores TFLite Micro matched exactly; docs/model_zoo.md, mcu-default).
+        reference-kernel scores TFLite Micro matched exactly; docs/benchmarks.md, `bench/tflm_yardstick.py`).
         """
         if litert_agreement < self.tflm_min_agreement - 1e-12:
             return f"agreement with LiteRT's reference kernels {litert_agreement:.4f} < {self.tflm_min_agreement}"
