@@ -48,6 +48,7 @@ MNV2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_from_slim_npy.h
 ZOO: dict[str, list[str]] = {
     "raspberry-pi": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-128"],
     "raspberry-pi-160": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-160"],
+    "raspberry-pi-224": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-224"],
     "mcu-default": [],
     "mcu-distilled": ["train.teacher=bench-runs/zoo/mnv2-160", "run.name=mcu-distilled-t160"],
     "mcu-96": [],
