@@ -171,7 +171,9 @@ class TrainConfig:
         selection: Which epoch's weights the run keeps: `best` (validation accuracy), `last`,
             or `auto` (`best` when the validation split holds at least 500 images, else `last`:
             on fewer, epoch-to-epoch differences are mostly noise and selecting on them
-            over-fits the split). Early stopping only runs with `best`. Defaults to `auto`.
+            over-fits the split; also `last` with `batchnorm_reestimate`, whose epochs are scored
+            with statistics the kept model will not have). Early stopping only runs with `best`.
+            Defaults to `auto`.
         distribute: `none` (one device), `mirrored` (`MirroredStrategy` on all local GPUs),
             `multi-worker` (`MultiWorkerMirroredStrategy` from `TF_CONFIG`), or `auto`
             (multi-worker with `TF_CONFIG`, mirrored with several GPUs, else none). With

@@ -121,6 +121,12 @@ def test_selection_needs_a_validation_split_large_enough(selection, val_images, 
     assert resolve_selection(TrainConfig(selection=selection), val_images) == expected
 
 
+def test_auto_selection_keeps_the_last_epoch_when_batchnorm_is_reestimated():
+    """Epochs scored with lagging BatchNorm statistics cannot be ranked; an explicit `best` still selects."""
+    assert resolve_selection(TrainConfig(batchnorm_reestimate=12800), 5000) == "last"
+    assert resolve_selection(TrainConfig(batchnorm_reestimate=12800, selection="best"), 5000) == "best"
+
+
 def test_reestimated_batchnorm_holds_the_mean_of_its_batch_statistics():
     """One BatchNorm on the input: its new moving mean is the mean pixel (after preprocessing) of the images used,
     its moving variance the mean of the per-batch (unbiased) variances; the momentum is restored."""
