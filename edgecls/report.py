@@ -236,10 +236,11 @@ def _wrong_examples(run: RunDir, record: FinetuneRecord, trust: bool, count: int
     """The `count` test images the fine-tuned model gets wrong with the highest confidence, with Grad-CAM maps."""
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
+    from edgecls.runtimes import KerasRunner, predict
 
     model, _ = run.load_model("finetune", trust=trust)
     test, _ = load_split(record.data(), record.input_size, record.seed, "test")
-    scores = model.predict(preprocess_numpy(test.images, record.preprocessing), batch_size=128, verbose=0)
+    scores = predict(KerasRunner(model), test.images, batch_size=128, mode=record.preprocessing)
     predicted = scores.argmax(1)
     wrong = np.flatnonzero(predicted != test.labels)
     chosen = wrong[np.argsort(-scores[wrong, predicted[wrong]])][:count]

@@ -213,7 +213,7 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
         `{"passed": bool, "rows": [...], "gate": {...}}`, also written to
         validate.json and validate.md.
     """
-    from edgecls.data import load_split
+    from edgecls.data import DecodedSplit, load_split
     from edgecls.data.pipeline import preprocess_numpy
     from edgecls.models.resize import input_size_of
     from edgecls.records import exported_files
@@ -226,12 +226,11 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
     record = run.finetune_record()
     check_writable(run.path, "fix the run folder's permissions or free some space")  # before minutes of inference
     mode = record.preprocessing
-    decoded: dict[int, tuple] = {}  # input size -> (test split, preprocessed images): `--fit` may change a stage's size
+    decoded: dict[int, DecodedSplit] = {}  # input size -> test split (uint8): `--fit` may change a stage's size
 
-    def test_at(size: int):
+    def test_at(size: int) -> DecodedSplit:
         if size not in decoded:
-            split, _ = load_split(record.data(), size, record.seed, "test")
-            decoded[size] = (split, preprocess_numpy(split.images, mode))
+            decoded[size] = load_split(record.data(), size, record.seed, "test")[0]
         return decoded[size]
 
     references: dict[str, np.ndarray] = {}
@@ -239,14 +238,14 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
     for source in sorted({a.source_stage for a in artifacts}):
         model = run.load_model(source, trust=trust)[0]
         sizes[source] = input_size_of(model)
-        references[source] = predict(KerasRunner(model), test_at(sizes[source])[1], batch_size=256)
-    test = test_at(record.input_size)[0]  # the same images and labels at every size
+        references[source] = predict(KerasRunner(model), test_at(sizes[source]).images, batch_size=256, mode=mode)
+    test = test_at(record.input_size)  # the same images and labels at every size
     subset = micro_subset(test.labels, len(record.class_names), tflm_images)
 
     rows = []
     for artifact in artifacts:
         reference = references[artifact.source_stage]
-        test, images = test_at(sizes[artifact.source_stage])
+        test = test_at(sizes[artifact.source_stage])
         keras_acc = float(np.mean(reference.argmax(1) == test.labels))
         runtime = "litert" if artifact.format == "tflite" else "onnxruntime"
         problem = artifact.problem() or verify_model_file(artifact.path)
@@ -261,7 +260,7 @@ def run_validate(run_path: str | Path, cfg: ValidateConfig | None = None, *, tru
             sub_keras = float(np.mean(reference[subset].argmax(1) == test.labels[subset]))
             micro, litert_ref, reason = None, None, None
             try:
-                micro = tflm_scores_isolated(artifact.path, images[subset])
+                micro = tflm_scores_isolated(artifact.path, preprocess_numpy(test.images[subset], mode))
                 litert_ref = isolated_scores(artifact.path, test.images[subset], mode=mode, reference_kernels=True)
             except WorkerError as exc:
                 reason = str(exc)
