@@ -4,9 +4,11 @@ finetune -> optimize -> export -> firmware -> validate -> bench -> report, each 
 stage's own `run_<stage>` function, on one run folder. After a stage finishes, the manifest's
 `pipeline` record keeps the sha256 of the config sections it depends on and the `finished`
 time of every manifest entry it wrote. On the next `edgecls run` a stage is skipped when its
-sections hash the same, its entries are the ones it recorded (nobody re-ran it by hand), and no
-stage before it ran again; otherwise it and every stage after it run. An interrupted fine-tuning
-resumes from its last epoch; the later stages write atomically, so they simply run again.
+sections hash the same, its entries are the ones it recorded (nobody re-ran it by hand), no
+stage before it ran again, and its gate or budget did not fail (a failed validate or bench runs
+again: a device back online, a fixed edgecls); otherwise it and every stage after it run. An
+interrupted fine-tuning resumes from its last epoch; the later stages write atomically, so they
+simply run again.
 
 A failed gate (validate) or budget (bench) does not stop the chain: the report still runs, and
 the pipeline then reports failure (the CLI exits 1).
@@ -204,12 +206,13 @@ def run_pipeline(cfg: EdgeConfig, *, trust: bool = False, progress=None) -> Pipe
             _tell(progress, stage, "n/a", reason)
             continue
         digest = config_digest(cfg, stage)
-        if not changed and run.path.exists() and _up_to_date(run, stage, digest):
+        unchanged = not changed and run.path.exists() and _up_to_date(run, stage, digest)
+        if unchanged and _failure(run, stage) is None:
             result.skipped.append(stage)
             _tell(progress, stage, "skip", "unchanged")
         else:
             changed = True
-            _tell(progress, stage, "run", "")
+            _tell(progress, stage, "run", "it failed last time" if unchanged else "")
             keys = RUNNERS[stage](cfg, run, trust)
             run.record_pipeline(stage, digest, {key: run.require_stage(key)["finished"] for key in keys})
             result.ran.append(stage)

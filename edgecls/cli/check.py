@@ -147,8 +147,9 @@ def run_(
 ) -> None:
     """The whole chain from one config: finetune, optimize, export, firmware, validate, bench, report.
 
-    A stage whose config and inputs are unchanged since the last `edgecls run` is skipped; an
-    interrupted run continues where it stopped. Exit 1 when a gate or budget failed (after the report).
+    A stage whose config and inputs are unchanged since the last `edgecls run` is skipped unless its
+    gate or budget failed; an interrupted run continues where it stopped. Exit 1 when a gate or budget
+    failed (after the report).
     """
     cfg = load_cli_config(config, {}, set_)
     import_tensorflow()

@@ -126,6 +126,21 @@ def test_changing_validate_reruns_only_validate_bench_and_report(pipeline_run, c
     assert json.loads((run / "validate.json").read_text())["gate"]["int8_max_drop_pp"] == 30
 
 
+def test_a_failed_budget_is_run_again_by_the_same_command(pipeline_run, capsys, tmp_path):
+    """A stage whose budget failed is not "unchanged": the next identical `edgecls run` measures again."""
+    args, run, _, _ = pipeline_run
+    profile = tmp_path / "tiny-device.yaml"
+    profile.write_text("name: tiny-device\nkind: linux\nmax_p50_ms: 0.000001\n")  # no file runs in a nanosecond
+    failing = [*args, "--set", f"bench.profile={profile}"]
+    code, _, err = run_cli(failing, capsys)
+    assert code == 1 and "edgecls: run failed: device budget" in err, err
+    before = finished(run)
+    code, _, err = run_cli(failing, capsys)
+    assert code == 1 and "edgecls run: bench: running (it failed last time)" in err, err
+    after = finished(run)
+    assert {key for key in after if after[key] != before[key]} == {"bench", "report"}
+
+
 def test_a_failed_gate_still_writes_the_report_then_exits_1(pipeline_run, capsys):
     args, run, _, _ = pipeline_run
     report_before = finished(run)["report"]
