@@ -41,3 +41,23 @@ def test_every_path_matches_keras_applications(name):
     else:
         rebuilt = rebuilt * meta["scale"] + meta["offset"]
     np.testing.assert_allclose(rebuilt, expected, atol=1e-5)
+
+
+def test_predict_on_raw_images_equals_keras_preprocessing_of_the_whole_split():
+    """`runtimes.predict` with a mode converts a batch at a time (a 224-px split in float32 is 6 GB) to the same input."""
+    import tf_keras
+
+    from edgecls.runtimes import predict
+
+    pixels = np.random.default_rng(1).integers(0, 256, (10, 4, 4, 3)).astype(np.uint8)
+    batches = []
+
+    class Recorder:
+        def run(self, batch):
+            batches.append(len(batch))
+            return batch.reshape(len(batch), -1)
+
+    expected = tf_keras.applications.resnet50.preprocess_input(pixels.astype(np.float32).copy())
+    scores = predict(Recorder(), pixels, batch_size=4, mode="caffe")
+    np.testing.assert_allclose(scores, expected.reshape(10, -1), atol=1e-5)
+    assert batches == [4, 4, 2]
