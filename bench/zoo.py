@@ -44,11 +44,13 @@ RUNS = ROOT / "bench-runs" / "zoo"
 DOC = ROOT / "docs" / "model_zoo.md"
 MNV2_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_no_top_from_slim_npy.h5"
 
+MNV2_OFFLINE = f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}"  # Keras' download fails here
+
 # config name -> extra overrides beyond data.source and run.runs_dir (offline locations only)
 ZOO: dict[str, list[str]] = {
-    "raspberry-pi": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-128"],
-    "raspberry-pi-160": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-160"],
-    "raspberry-pi-224": [f"model.weights=../shared/{MNV2_WEIGHTS.relative_to(SHARED).as_posix()}", "run.name=mnv2-224"],
+    "raspberry-pi": [MNV2_OFFLINE, "run.name=mnv2-128"],
+    "raspberry-pi-160": [MNV2_OFFLINE, "run.name=mnv2-160"],
+    "raspberry-pi-224": [MNV2_OFFLINE, "run.name=mnv2-224"],
     "mcu-default": [],
     "mcu-distilled": ["train.teacher=bench-runs/zoo/mnv2-160", "run.name=mcu-distilled-t160"],
     "mcu-96": [],
