@@ -191,13 +191,14 @@ def write_input_size_pareto(rows: list[dict]) -> None:
     if base is None or len(rows) < 2:
         return
     lines = [
-        "| input | MACs | TFLM arena | LiteRT int8 p50 (host CPU) | int8 TFLite | vs 128 px |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| input | MACs | TFLM arena | LiteRT int8 p50 (host CPU) | float | int8 TFLite | int8 vs 128 px |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         delta = 100 * (r["int8_tflite"] - base["int8_tflite"])
         lines.append(f"| {r['input_size']} px | {r['macs'] / 1e6:.1f} M | {r['arena']:,} B | {r['latency_ms']:.3f} ms"
-                     f" ({cpu_model(r['machine'])}) | {r['int8_tflite']:.4f} | {delta:+.2f} points |")  # fmt: skip
+                     f" ({cpu_model(r['machine'])}) | {r['float']:.4f} | {r['int8_tflite']:.4f}"
+                     f" | {delta:+.2f} points |")  # fmt: skip
     one_host = len({cpu_model(r["machine"]) for r in rows}) == 1
     _plot_pareto(rows, with_latency=one_host)
     latency = "" if one_host else LATENCY_HOSTS_NOTE
@@ -234,14 +235,12 @@ def _plot_pareto(rows: list[dict], *, with_latency: bool) -> None:
 
 PARETO_TEXT = """## Choosing an input size (MobileNet v1 0.25)
 
-The same model at each input size below (QAT for 2 epochs under 142 px, 3 from 142 px up), from the table above: what
-each size costs on the device and in accuracy. 96, 142 and 160 px train the recipe mcu-default had until 2026-12-07
-(batch 64, lr 2e-3, 10 epochs); 128 px is mcu-default, which trains the default recipe since then (batch 128, lr 3e-3,
-12 epochs at the same cost: +0.49 points of float at 128 px on its own, docs/benchmarks.md, "Fine-tuning recipe
-study"), so the other sizes' "vs 128 px" understates them by about that much until they are re-run with it. The int8
-file barely changes with the input size (the weights do not depend on it; at 142 px three PAD operators add 568 B);
-the arena, the MACs and the latency grow with the pixels. Pick the largest size whose arena and latency fit your board
-(`edgecls optimize RUN --fit PROFILE` searches sizes and channel shares for a profile).
+The same model and recipe at each input size below (mcu-default's: 12 epochs at batch 128 and lr 3e-3, the default
+for a training split of 16,000 images or more, then QAT for 2 epochs under 142 px and 3 from 142 px up), from the table
+above: what each size costs on the device and in accuracy. The int8 file barely changes with the input size (the
+weights do not depend on it; at 142 px three PAD operators add 568 B); the arena, the MACs and the latency grow with
+the pixels. Pick the largest size whose arena and latency fit your board (`edgecls optimize RUN --fit PROFILE`
+searches sizes and channel shares for a profile).
 
 {table}
 {latency}
