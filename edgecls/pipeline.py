@@ -216,9 +216,8 @@ def run_pipeline(cfg: EdgeConfig, *, trust: bool = False, progress=None) -> Pipe
             keys = RUNNERS[stage](cfg, run, trust)
             run.record_pipeline(stage, digest, {key: run.require_stage(key)["finished"] for key in keys})
             result.ran.append(stage)
-        failure = _failure(run, stage)
-        if failure:
-            result.failures.append(failure)
+            if failure := _failure(run, stage):  # a skipped stage has none: it was just checked
+                result.failures.append(failure)
     return result
 
 
