@@ -10,8 +10,10 @@ again: a device back online, a fixed edgecls); otherwise it and every stage afte
 interrupted fine-tuning resumes from its last epoch; the later stages write atomically, so they
 simply run again.
 
-A failed gate (validate) or budget (bench) does not stop the chain: the report still runs, and
-the pipeline then reports failure (the CLI exits 1).
+Firmware and validate take the stage export wrote (the last one optimize wrote, else finetune),
+not files an earlier export left in the run folder. A failed gate (validate) or budget (bench)
+does not stop the chain: the report still runs, and the pipeline then reports failure (the CLI
+exits 1).
 """
 
 from __future__ import annotations
@@ -140,9 +142,14 @@ def _firmware(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
 
 
 def _validate(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
+    """Gate the files this chain exported: a stage exported earlier (by hand, or before `optimize` was
+    added to the config) may still be in the run folder, and is not what the chain delivers."""
+    import dataclasses
+
     from edgecls.validate import run_validate
 
-    run_validate(run.path, cfg.validate, trust=trust)
+    stage = cfg.validate.stage or _export_stage(cfg)
+    run_validate(run.path, dataclasses.replace(cfg.validate, stage=stage), trust=trust)
     return ["validate"]
 
 

@@ -266,7 +266,7 @@ class ValidateConfig:
     """The gate of `edgecls validate`: every exported file against the Keras model it came from.
 
     Attributes:
-        stage: Only this export stage; None for all.
+        stage: Only this export stage; None for all (`edgecls run`: the stage it exported).
         min_agreement_fp32: Top-1 agreement with Keras an fp32 file needs, in [0, 1]. Defaults to 0.999.
         min_agreement_fp16: The same for fp16. Defaults to 0.995.
         max_int8_drop: Accuracy points a dynamic-range or int8 file may lose, in [0, 100]. Defaults to 1.0.

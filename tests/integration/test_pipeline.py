@@ -153,6 +153,23 @@ def test_a_failed_gate_still_writes_the_report_then_exits_1(pipeline_run, capsys
     assert "Validation gate: FAILED" in (run / "report.html").read_text()
 
 
+def test_the_gate_judges_the_exported_stage_not_an_older_export(pipeline_run, capsys):
+    """Files of another stage in the run folder (a post-training export made by hand, or before QAT was added to
+    the config) are not what the chain delivers: `edgecls run` gates the stage its export stage wrote."""
+    args, run, _, _ = pipeline_run
+    code, _, err = run_cli(["export", run, "--stage", "finetune", "--format", "tflite", "--precision", "int8",
+                            "--calibration-samples", "20"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert (run / "export" / "finetune" / "model_int8.tflite").is_file()
+    code, _, err = run_cli([*args, "--set", "validate.max_int8_drop=31"], capsys)
+    assert code == 0, err
+    rows = json.loads((run / "validate.json").read_text())["rows"]
+    assert len(rows) == 5 and {r["stage"] for r in rows} == {"qat"}
+    code, _, err = run_cli(["validate", run, "--tflm-images", "0", "--max-int8-drop", "31"], capsys)
+    assert code in (0, 1), err  # by hand, with no stage named, every exported stage is validated
+    assert {r["stage"] for r in json.loads((run / "validate.json").read_text())["rows"]} == {"finetune", "qat"}
+
+
 def test_wheel_install_has_the_firmware_templates(tiny_exported_run, tmp_path):
     """Build the wheel, install it alone into a fresh venv (dependencies borrowed), run `edgecls firmware`."""
     import shutil
