@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,11 @@ def git_sha() -> str:
         return os.environ["EDGECLS_BENCH_COMMIT"]
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     return out.stdout.strip() or "uncommitted"
+
+
+def invocation() -> str:
+    """The command line of the running bench script, as a user types it from the checkout (for provenance lines)."""
+    return shlex.join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
 def today() -> str:

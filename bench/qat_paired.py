@@ -20,13 +20,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
-from common import git_sha, machine, today, write_section
+from common import git_sha, invocation, machine, today, write_section
 
 from edgecls.data import load_split
 from edgecls.run import RunDir
@@ -50,20 +50,33 @@ def paired_interval(b: int, c: int, n: int) -> tuple[float, float]:
     return 100 * (difference - spread), 100 * (difference + spread)
 
 
-def score_run(folder: Path, stage: str) -> dict:
-    """Float and int8 correctness of one run on its whole test split, and the paired figures."""
-    run = RunDir(folder)
-    record = run.finetune_record()
-    test, _ = load_split(record.data(), record.input_size, record.seed, "test")
-    model, _ = run.load_model("finetune")
-    float_right = predict(KerasRunner(model), test.images, mode=record.preprocessing).argmax(1) == test.labels
-    int8_path = folder / "export" / stage / "model_int8.tflite"
-    int8_right = isolated_scores(int8_path, test.images, mode=record.preprocessing).argmax(1) == test.labels
-    b, c, n = int(np.sum(float_right & ~int8_right)), int(np.sum(int8_right & ~float_right)), len(test.labels)
-    return {
-        "run": folder.name, "size": record.input_size, "n": n, "float": float_right.mean(), "int8": int8_right.mean(),
-        "b": b, "c": c, "p": mcnemar_exact(b, c), "interval": paired_interval(b, c, n),
-    }  # fmt: skip
+def score_runs(folders: list[Path], stage: str) -> list[dict]:
+    """Float and int8 correctness of each run on its whole test split, and the paired figures.
+
+    Copies of one run (the same fine-tuned model file and data) share the decoded test split and the float
+    model's correctness, computed once; one split is kept in memory at a time (a 224-px split is 1.5 GB).
+    """
+    rows, shared = [], {}
+    for folder in folders:
+        run = RunDir(folder)
+        record = run.finetune_record()
+        digest = hashlib.sha256(run.file("model.keras").read_bytes()).hexdigest()
+        key = (digest, record.input_size, record.seed, json.dumps(record.data_config, sort_keys=True))
+        if key not in shared:
+            shared.clear()
+            test, _ = load_split(record.data(), record.input_size, record.seed, "test")
+            model, _ = run.load_model("finetune")
+            scores = predict(KerasRunner(model), test.images, mode=record.preprocessing)
+            shared[key] = (test, scores.argmax(1) == test.labels)
+        test, float_right = shared[key]
+        int8_path = folder / "export" / stage / "model_int8.tflite"
+        int8_right = isolated_scores(int8_path, test.images, mode=record.preprocessing).argmax(1) == test.labels
+        b, c, n = int(np.sum(float_right & ~int8_right)), int(np.sum(int8_right & ~float_right)), len(test.labels)
+        rows.append({
+            "run": folder.name, "size": record.input_size, "n": n, "float": float_right.mean(),
+            "int8": int8_right.mean(), "b": b, "c": c, "p": mcnemar_exact(b, c), "interval": paired_interval(b, c, n),
+        })  # fmt: skip
+    return rows
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -87,12 +100,11 @@ def main() -> None:
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--stage", default="qat", help="the exported stage whose model_int8.tflite is scored")
     args = parser.parse_args()
-    rows = [score_run(folder, args.stage) for folder in args.runs]
-    command = shlex.join(["python", "bench/qat_paired.py", *sys.argv[1:]])
+    rows = score_runs(args.runs, args.stage)
     lines = [
         "### QAT int8 against float, paired on the test images (issue 10's 0.3-point rule)",
         "",
-        f"- `{command}` ({today()}, edgecls {git_sha()}, {machine()}): each run's fine-tuned Keras model and the"
+        f"- `{invocation()}` ({today()}, edgecls {git_sha()}, {machine()}): each run's fine-tuned Keras model and the"
         f" int8 TFLite file of its `{args.stage}` export, on all test images of the full JPEG CIFAR-10 of ../shared"
         " (the zoo's float and int8 columns).",
         "- Only images on which the two disagree about correctness move the difference; the interval and McNemar's"

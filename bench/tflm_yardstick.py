@@ -13,12 +13,10 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
-from common import git_sha, machine, today, write_section
+from common import git_sha, invocation, machine, today, write_section
 
 from edgecls.data import load_split
 from edgecls.preprocessing import normalize_numpy
@@ -46,11 +44,10 @@ def main() -> None:
     reference = isolated_scores(path, images, mode=record.preprocessing, reference_kernels=True)
     optimized = isolated_scores(path, images, mode=record.preprocessing)
     flips = np.flatnonzero(micro.argmax(1) != optimized.argmax(1))
-    command = shlex.join(["python", "bench/tflm_yardstick.py", *sys.argv[1:]])
     lines = [
         "## TFLite Micro's yardstick: LiteRT's reference or optimized kernels (`edgecls validate`)",
         "",
-        f"- `{command}` ({today()}, edgecls {git_sha()}, {machine()}): the int8 file of `{args.stage}` on the"
+        f"- `{invocation()}` ({today()}, edgecls {git_sha()}, {machine()}): the int8 file of `{args.stage}` on the"
         f" {len(subset)} test images of validate's TFLite Micro rows (data `{record.data_config['source']}`, model"
         f" {record.backbone} {record.alpha} @{record.input_size} px); each runtime in a child process.",
         f"- Top-1 agreement: TFLite Micro with the reference kernels **{agreement(micro, reference):.4f}**, with the"
