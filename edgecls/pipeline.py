@@ -154,9 +154,13 @@ def _validate(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
 
 
 def _bench(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
+    """Measure the files this chain exported (and their firmware), as `_validate` gates them."""
+    import dataclasses
+
     from edgecls.bench import run_bench
 
-    run_bench(run.path, cfg.bench, trust=trust)
+    stage = cfg.bench.stage or _export_stage(cfg)
+    run_bench(run.path, dataclasses.replace(cfg.bench, stage=stage), trust=trust)
     return ["bench"]
 
 

@@ -94,15 +94,19 @@ class _Session:
             self.ssh.cleanup(self.folder)
 
 
-def _budget_checks(profile: DeviceProfile, rows: list[dict[str, Any]], run: RunDir) -> list[dict[str, Any]]:
+def _budget_checks(profile: DeviceProfile, rows: list[dict[str, Any]], run: RunDir, stage: str | None) -> list[dict[str, Any]]:
+    """The profile's budgets against the measured rows, or (a microcontroller) the firmware of `stage` (None: all)."""
     checks = []
     if profile.kind == "mcu":
         for firmware in firmware_records(run):
+            if stage is not None and firmware.stage != stage:
+                continue  # firmware built from another stage is not what this bench is about
             measured = (("flash", firmware.flash_bytes, profile.flash_bytes), ("arena", firmware.arena_bytes, profile.ram_bytes))
             for what, value, budget in measured:
                 checks.append({"what": f"{what} {firmware.stage}", "value": value, "budget": budget, "ok": value <= budget})
         if not checks:
-            raise RunError(f"profile {profile.name} is a microcontroller: run `edgecls firmware {run.path}` first.")
+            which = f" --stage {stage}" if stage else ""
+            raise RunError(f"profile {profile.name} is a microcontroller: run `edgecls firmware {run.path}{which}` first.")
         return checks
     for row in rows:
         if "p50_ms" not in row:
@@ -190,7 +194,7 @@ def measure_device(
     result = {"device": session.where, "url": device.url, "status": "measured", "profile": device.profile,
               "macs": record.macs, "system": system, "method": method.__dict__, "rows": rows, "parity": parity,
               "peak_gmacs": {f"{p}@{t}t": round(v / 1e9, 2) for (p, t), v in peaks.items()}}  # fmt: skip
-    result["budgets"] = _budget_checks(budgets, rows, run) if budgets else []
+    result["budgets"] = _budget_checks(budgets, rows, run, cfg.stage) if budgets else []
     result["passed"] = all(c["ok"] for c in result["budgets"]) and all(r["status"] == "pass" for r in rows)
     result["recommendation"] = _recommend(run, rows)
     result["int8_vs_fp32"] = _speedups(rows)
@@ -231,7 +235,7 @@ def summary_row(result: dict[str, Any]) -> dict[str, Any]:
 def run_bench(
     run_path: str | Path, cfg: BenchConfig | None = None, *, parity_images: int = 50, trust: bool = False
 ) -> dict[str, Any]:
-    """Benchmark every exported file of a run on each of `cfg`'s devices and check their profiles' budgets.
+    """Benchmark every exported file of a run (or of `cfg.stage`) on each of `cfg`'s devices and check their budgets.
 
     One device gives that device's result; several (or a fleet file) are measured in
     parallel and give `{"devices": [...], "summary": [...]}`, where a device that cannot
@@ -257,14 +261,14 @@ def run_bench(
     record = run.finetune_record()
     check_writable(run.path, "fix the run folder's permissions or free some space")  # before the measurements
     measurable, unmeasured = [], []
-    for artifact in exported_files(run):
+    for artifact in exported_files(run, cfg.stage):
         problem = artifact.problem()
         if problem:  # never measured, never recommended
             unmeasured.append(_failed_row(artifact, problem))
         else:
             measurable.append(artifact)
     needs_parity = any(d.target.kind == "ssh" for d in devices) and measurable
-    parity_set = _parity_set(run, record, parity_images, trust) if needs_parity else None
+    parity_set = _parity_set(run, record, measurable, parity_images, trust) if needs_parity else None
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         if parity_set is not None:
@@ -399,8 +403,8 @@ def _speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _parity_set(run: RunDir, record: FinetuneRecord, count: int, trust: bool):
-    """uint8 test images and the host Keras scores of every source stage, for on-device parity."""
+def _parity_set(run: RunDir, record: FinetuneRecord, artifacts: list[ExportedFile], count: int, trust: bool):
+    """uint8 test images and the host Keras scores of the artifacts' source stages, for on-device parity."""
     from edgecls.data import load_split
     from edgecls.data.pipeline import preprocess_numpy
 
@@ -408,6 +412,6 @@ def _parity_set(run: RunDir, record: FinetuneRecord, count: int, trust: bool):
     split, _ = load_split(record.data(test_limit_per_class=per_class), record.input_size, record.seed, "test")
     images = split.images[:count]
     floats = preprocess_numpy(images, record.preprocessing)
-    stages = {artifact.source_stage for artifact in exported_files(run)}
+    stages = {artifact.source_stage for artifact in artifacts}
     reference = {s: run.load_model(s, trust=trust)[0].predict(floats, verbose=0) for s in stages}
     return images, reference

@@ -77,12 +77,13 @@ def bench(
     ssh_key: Annotated[str | None, typer.Option(help="Private key for the SSH devices.")] = None,
     known_hosts: Annotated[str | None, typer.Option(help="known_hosts file for the SSH devices.")] = None,
     remote_python: Annotated[str | None, typer.Option(help="Python on the devices.")] = None,
+    stage: Annotated[str | None, typer.Option(help="Only this export stage.")] = None,
     trust_run: TrustOpt = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     debug: DebugOpt = False,
 ) -> None:
-    """Latency, throughput and memory of every exported file on one device or a fleet; exit 1 over a budget."""
+    """Latency, throughput and memory of every exported file (or one stage's) on one device or a fleet; exit 1 over a budget."""
     flags = {
         "bench.device": device or None,
         "bench.fleet": fleet,
@@ -95,6 +96,7 @@ def bench(
         "bench.ssh_key": ssh_key,
         "bench.known_hosts": known_hosts,
         "bench.remote_python": remote_python,
+        "bench.stage": stage,
     }
     cfg = stage_config(run, config, flags, set_).bench
     import_tensorflow()

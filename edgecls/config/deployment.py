@@ -316,6 +316,8 @@ class BenchConfig:
         ssh_key: Private key for the SSH devices.
         known_hosts: known_hosts file that pins the SSH devices' keys.
         remote_python: Python on the devices. Defaults to `python3`.
+        stage: Only this export stage's files (and firmware); None for all (`edgecls run`: the
+            stage it exported).
     """
 
     device: tuple[str, ...] = ("host",)
@@ -329,8 +331,10 @@ class BenchConfig:
     ssh_key: str | None = None
     known_hosts: str | None = None
     remote_python: str = "python3"
+    stage: str | None = None
 
     def __post_init__(self) -> None:
+        check_stage("bench.stage", self.stage)
         if self.runs < 1:
             fail("bench.runs", "a positive integer", self.runs)
         if self.windows < 1:

@@ -155,7 +155,7 @@ def test_a_failed_gate_still_writes_the_report_then_exits_1(pipeline_run, capsys
 
 def test_the_gate_judges_the_exported_stage_not_an_older_export(pipeline_run, capsys):
     """Files of another stage in the run folder (a post-training export made by hand, or before QAT was added to
-    the config) are not what the chain delivers: `edgecls run` gates the stage its export stage wrote."""
+    the config) are not what the chain delivers: `edgecls run` gates and benchmarks the stage its export stage wrote."""
     args, run, _, _ = pipeline_run
     code, _, err = run_cli(["export", run, "--stage", "finetune", "--format", "tflite", "--precision", "int8",
                             "--calibration-samples", "20"], capsys)  # fmt: skip
@@ -165,6 +165,10 @@ def test_the_gate_judges_the_exported_stage_not_an_older_export(pipeline_run, ca
     assert code == 0, err
     rows = json.loads((run / "validate.json").read_text())["rows"]
     assert len(rows) == 5 and {r["stage"] for r in rows} == {"qat"}
+    assert {r["stage"] for r in json.loads((run / "bench.json").read_text())["rows"]} == {"qat"}
+    code, _, err = run_cli(["bench", run, "--stage", "finetune"], capsys)  # the run's MCU profile judges firmware
+    assert code == 2 and err.count("edgecls: error:") == 1, err
+    assert f"run `edgecls firmware {run} --stage finetune` first" in err
     code, _, err = run_cli(["validate", run, "--tflm-images", "0", "--max-int8-drop", "31"], capsys)
     assert code in (0, 1), err  # by hand, with no stage named, every exported stage is validated
     assert {r["stage"] for r in json.loads((run / "validate.json").read_text())["rows"]} == {"finetune", "qat"}

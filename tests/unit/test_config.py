@@ -46,6 +46,8 @@ def test_family_default_alpha_resolved():
         ({"data.augment": "crop,rotate"}, "`data.augment` must be a subset"),
         ({"data.augment": "mixup", "data.mixup_alpha": 0}, "`data.mixup_alpha` must be a positive number"),
         ({"data.cutmix_alpha": "nan"}, "`data.cutmix_alpha` must be a positive number"),
+        ({"validate.stage": "prune2"}, "`validate.stage` must be one of"),
+        ({"bench.stage": "bogus"}, "`bench.stage` must be one of"),
         ({"train.epochz": 3}, "unknown config key `train.epochz`"),
         ({"trainer.epochs": 3}, "unknown config section `trainer`"),
     ],
