@@ -18,13 +18,16 @@ exits 1).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from edgecls.config import EdgeConfig
 from edgecls.run import RunDir
+
+SectionT = TypeVar("SectionT")
 
 # The config sections each stage depends on (the stages before it are accounted for by the chain).
 SECTIONS = {
@@ -121,46 +124,42 @@ def _export_stage(cfg: EdgeConfig) -> str:
     return cfg.export.stage or (planned[-1] if planned else "finetune")
 
 
-def _export(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
-    import dataclasses
+def _at_export_stage(section: SectionT, cfg: EdgeConfig) -> SectionT:
+    """A stage section (export, firmware, validate, bench) pinned to its own `stage`, else the one the chain exports.
 
+    A stage exported earlier (by hand, or before `optimize` was added to the config) may still be in the
+    run folder; it is not what the chain delivers, so firmware, validate and bench leave it alone.
+    """
+    return dataclasses.replace(section, stage=section.stage or _export_stage(cfg))
+
+
+def _export(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
     from edgecls.export import run_export
 
-    stage = _export_stage(cfg)
-    run_export(run.path, dataclasses.replace(cfg.export, stage=stage), force=True, trust=trust)
-    return [f"export/{stage}"]
+    export = _at_export_stage(cfg.export, cfg)
+    run_export(run.path, export, force=True, trust=trust)
+    return [f"export/{export.stage}"]
 
 
 def _firmware(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
-    import dataclasses
-
     from edgecls.firmware import run_firmware
 
-    stage = cfg.firmware.stage or _export_stage(cfg)
-    run_firmware(run.path, dataclasses.replace(cfg.firmware, stage=stage), force=True)
-    return [f"firmware/{stage}"]
+    firmware = _at_export_stage(cfg.firmware, cfg)
+    run_firmware(run.path, firmware, force=True)
+    return [f"firmware/{firmware.stage}"]
 
 
 def _validate(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
-    """Gate the files this chain exported: a stage exported earlier (by hand, or before `optimize` was
-    added to the config) may still be in the run folder, and is not what the chain delivers."""
-    import dataclasses
-
     from edgecls.validate import run_validate
 
-    stage = cfg.validate.stage or _export_stage(cfg)
-    run_validate(run.path, dataclasses.replace(cfg.validate, stage=stage), trust=trust)
+    run_validate(run.path, _at_export_stage(cfg.validate, cfg), trust=trust)
     return ["validate"]
 
 
 def _bench(cfg: EdgeConfig, run: RunDir, trust: bool) -> list[str]:
-    """Measure the files this chain exported (and their firmware), as `_validate` gates them."""
-    import dataclasses
-
     from edgecls.bench import run_bench
 
-    stage = cfg.bench.stage or _export_stage(cfg)
-    run_bench(run.path, dataclasses.replace(cfg.bench, stage=stage), trust=trust)
+    run_bench(run.path, _at_export_stage(cfg.bench, cfg), trust=trust)
     return ["bench"]
 
 
